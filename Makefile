@@ -1,0 +1,22 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test`.
+# Each creates the virtual environment and installs the pinned versions when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test parity lint
+
+$(INSTALLED): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,dev]'
+	touch $(INSTALLED)
+
+run: $(INSTALLED)
+	$(PY) -m parity
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q

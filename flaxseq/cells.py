@@ -1,0 +1,240 @@
+"""Recurrent cells: one time step of RNN, LSTM and GRU, in PyTorch's layout and equations.
+
+The step functions here are what the time loop (`flaxseq/recurrence.py`) scans; they know
+nothing of time. Each takes the cell's weights, the carry and `gx`, the input projection
+`x @ W_ih^T + b_ih` of this step (computed for all steps at once by the layers), and returns
+`(new_carry, output)`.
+
+Parameters keep PyTorch's names, shapes and gate order, so converting a state_dict is a rename:
+
+| mode | gates (rows of `weight_ih`, `weight_hh`, in order) |
+| --- | --- |
+| RNN_TANH, RNN_RELU | one block |
+| LSTM | i, f, g, o |
+| GRU | r, z, n |
+"""
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxseq import checks
+from flaxseq.init import recurrent_uniform
+
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+class Weights(NamedTuple):
+    """One cell's parameters (one layer and direction of a layer), in PyTorch's layout."""
+
+    w_ih: jax.Array  # [gates * hidden, input]
+    w_hh: jax.Array  # [gates * hidden, proj or hidden]
+    b_ih: jax.Array | None  # [gates * hidden]
+    b_hh: jax.Array | None  # [gates * hidden]
+    w_hr: jax.Array | None  # [proj, hidden], LSTM with proj_size > 0 only
+
+
+def create_weights(
+    module: nn.Module, suffix: str, mode: str, input_size: int, hidden_size: int,
+    bias: bool, proj_size: int, param_dtype: Any,
+) -> Weights:
+    """Declare one cell's parameters on `module` under PyTorch's names (`weight_ih{suffix}`, ...)."""
+    init = recurrent_uniform(hidden_size)
+    rows = GATES[mode] * hidden_size
+    hidden_in = proj_size or hidden_size
+
+    def param(name, shape):
+        return module.param(name + suffix, init, shape, param_dtype)
+
+    return Weights(
+        w_ih=param("weight_ih", (rows, input_size)),
+        w_hh=param("weight_hh", (rows, hidden_in)),
+        b_ih=param("bias_ih", (rows,)) if bias else None,
+        b_hh=param("bias_hh", (rows,)) if bias else None,
+        w_hr=param("weight_hr", (proj_size, hidden_size)) if proj_size else None,
+    )
+
+
+def cast_weights(weights: Weights, dtype) -> Weights:
+    """The weights in the computation dtype (absent ones stay None)."""
+    return Weights(*(None if w is None else jnp.asarray(w, dtype) for w in weights))
+
+
+def input_projection(weights: Weights, x: jax.Array) -> jax.Array:
+    """`x @ W_ih^T + b_ih`: `[..., input] -> [..., gates * hidden]`."""
+    gx = x @ weights.w_ih.T
+    return gx if weights.b_ih is None else gx + weights.b_ih
+
+
+def hidden_projection(weights: Weights, h: jax.Array) -> jax.Array:
+    """`h @ W_hh^T + b_hh`: `[batch, proj or hidden] -> [batch, gates * hidden]`."""
+    gh = h @ weights.w_hh.T
+    return gh if weights.b_hh is None else gh + weights.b_hh
+
+
+def rnn_tanh_step(weights: Weights, h: jax.Array, gx: jax.Array):
+    """h' = tanh(W_ih x + b_ih + W_hh h + b_hh)."""
+    h = jnp.tanh(gx + hidden_projection(weights, h))
+    return h, h
+
+
+def rnn_relu_step(weights: Weights, h: jax.Array, gx: jax.Array):
+    """h' = relu(W_ih x + b_ih + W_hh h + b_hh)."""
+    h = jax.nn.relu(gx + hidden_projection(weights, h))
+    return h, h
+
+
+def lstm_step(weights: Weights, carry: tuple, gx: jax.Array):
+    """PyTorch's LSTM step; carry `(h, c)`.
+
+    i = σ(W_ii x + b_ii + W_hi h + b_hi),  f = σ(W_if x + b_if + W_hf h + b_hf),
+    g = tanh(W_ig x + b_ig + W_hg h + b_hg),  o = σ(W_io x + b_io + W_ho h + b_ho),
+    c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh(c'),  and with `proj_size`: h' = W_hr h'.
+    """
+    h, c = carry
+    i, f, g, o = jnp.split(gx + hidden_projection(weights, h), 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    if weights.w_hr is not None:
+        h = h @ weights.w_hr.T
+    return (h, c), h
+
+
+def gru_step(weights: Weights, h: jax.Array, gx: jax.Array):
+    """PyTorch's GRU step (its documentation, not the reset-before-product variant).
+
+    r = σ(W_ir x + b_ir + W_hr h + b_hr),  z = σ(W_iz x + b_iz + W_hz h + b_hz),
+    n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),  h' = (1 − z) ⊙ n + z ⊙ h.
+    """
+    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(hidden_projection(weights, h), 3, axis=-1)
+    r = jax.nn.sigmoid(x_r + h_r)
+    z = jax.nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)
+    h = (1 - z) * n + z * h
+    return h, h
+
+
+STEPS = {"RNN_TANH": rnn_tanh_step, "RNN_RELU": rnn_relu_step, "LSTM": lstm_step, "GRU": gru_step}
+
+
+def _prepare_cell_input(cell_name: str, input_size: int, input):
+    """`input` `[batch, input]` or `[input]` as a batched float array, and whether it was batched."""
+    input = checks.as_float_array("input", input)
+    if input.ndim not in (1, 2):
+        raise ValueError(f"{cell_name}: Expected input to be 1D or 2D, got {input.ndim}D array instead")
+    if input.shape[-1] != input_size:
+        raise ValueError(
+            f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.shape[-1]}"
+        )
+    batched = input.ndim == 2
+    return (input if batched else input[None]), batched
+
+
+def _prepare_cell_state(name: str, state, batch_size: int, size: int, batched: bool, dtype):
+    """One initial state `[batch, size]` (or `[size]` unbatched), zeros when None."""
+    if state is None:
+        return jnp.zeros((batch_size, size), dtype)
+    state = checks.as_float_array(name, state)
+    checks.check_shape(name, state, (batch_size, size) if batched else (size,))
+    return state if batched else state[None]
+
+
+class _Cell(nn.Module):
+    """The shared call of the three cells; subclasses declare PyTorch's fields."""
+
+    mode = "RNN_TANH"
+
+    def __post_init__(self):
+        checks.check_recurrent_config(
+            input_size=self.input_size, hidden_size=self.hidden_size,
+            nonlinearity=getattr(self, "nonlinearity", "tanh"),
+        )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, input, hx=None):
+        checks.check_x64(self.param_dtype)
+        name = type(self).__name__
+        mode = self.mode if name != "RNNCell" else f"RNN_{self.nonlinearity.upper()}"
+        weights = create_weights(
+            self, "", mode, self.input_size, self.hidden_size, self.bias, 0, self.param_dtype
+        )
+        x, batched = _prepare_cell_input(name, self.input_size, input)
+        batch, size = x.shape[0], self.hidden_size
+        if mode == "LSTM":
+            if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"hx must be a tuple (h_0, c_0) for LSTMCell, got {type(hx).__name__}")
+            h, c = (None, None) if hx is None else hx
+            h = _prepare_cell_state("hx[0]", h, batch, size, batched, x.dtype)
+            c = _prepare_cell_state("hx[1]", c, batch, size, batched, x.dtype)
+            carry = (h, c)
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"hx must be an array for {name}, got {type(hx).__name__}")
+            carry = _prepare_cell_state("hx", hx, batch, size, batched, x.dtype)
+        dtype = self.dtype or jnp.result_type(x, weights.w_ih)
+        x = jnp.asarray(x, dtype)
+        carry = jax.tree.map(lambda s: jnp.asarray(s, dtype), carry)
+        weights = cast_weights(weights, dtype)
+        carry, _ = STEPS[mode](weights, carry, input_projection(weights, x))
+        return jax.tree.map(lambda s: s if batched else s[0], carry)
+
+
+class RNNCell(_Cell):
+    """The twin of `torch.nn.RNNCell`: h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (or relu).
+
+    `cell.apply(variables, input, hx=None) -> h'`, with `input: [batch, input_size]` or
+    `[input_size]`, `hx` and `h': [batch, hidden_size]` or `[hidden_size]`; `hx=None` is zeros.
+    Parameters: `weight_ih [hidden, input]`, `weight_hh [hidden, hidden]`, `bias_ih`, `bias_hh`.
+
+    PyTorch's `dtype=` is `param_dtype` here; `dtype` is the computation dtype (None: promoted
+    from the input and parameters). `device=` has no meaning in JAX.
+
+    >>> cell = RNNCell(10, 20)
+    >>> variables = cell.init(jax.random.key(0), jnp.zeros((3, 10)))
+    """
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    nonlinearity: str = "tanh"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
+class LSTMCell(_Cell):
+    """The twin of `torch.nn.LSTMCell`, equations as in `lstm_step`.
+
+    `cell.apply(variables, input, hx=None) -> (h', c')`, with `input: [batch, input_size]` or
+    `[input_size]`, `hx = (h, c)`, each `[batch, hidden_size]` (or `[hidden_size]`), zeros when None.
+    Parameters: `weight_ih [4 * hidden, input]`, `weight_hh [4 * hidden, hidden]`, `bias_ih`,
+    `bias_hh`, gates in the order i, f, g, o. `dtype`/`param_dtype` as in `RNNCell`.
+    """
+
+    mode = "LSTM"
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+
+class GRUCell(_Cell):
+    """The twin of `torch.nn.GRUCell`, equations as in `gru_step`.
+
+    `cell.apply(variables, input, hx=None) -> h'`, shapes as in `RNNCell`. Parameters:
+    `weight_ih [3 * hidden, input]`, `weight_hh [3 * hidden, hidden]`, `bias_ih`, `bias_hh`,
+    gates in the order r, z, n. `dtype`/`param_dtype` as in `RNNCell`.
+    """
+
+    mode = "GRU"
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32

@@ -1,0 +1,169 @@
+"""Run a PyTorch module and its flaxseq twin on the same inputs; compare outputs and gradients.
+
+The loss whose gradients are compared is `sum_i sum(w_i * out_i)` over every floating output
+(final states included), with fixed random weights `w_i`. Gradients are taken with respect to
+every parameter, every floating input and every initial state: PyTorch's `.grad` (None counts
+as zero) against `jax.grad`, mapped to PyTorch's names through the converter.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from parity.convert import to_state_dict
+
+# dtype -> (largest relative error, largest absolute error or None)
+TOLERANCES = {np.dtype("float64"): (1e-12, 1e-10), np.dtype("float32"): (1e-5, None)}
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """How far one flaxseq tensor `a` is from its PyTorch twin `b`."""
+
+    name: str
+    max_abs: float  # max |a - b|
+    rel: float  # ||a - b|| / ||b||, or max |a| where ||b|| = 0
+
+
+def tensor_diff(name: str, a, b) -> TensorDiff:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"{name}: flaxseq gives shape {a.shape}, PyTorch {b.shape}")
+    delta = a - b
+    max_abs = float(np.abs(delta).max()) if delta.size else 0.0
+    norm = float(np.linalg.norm(b))
+    rel = float(np.linalg.norm(delta)) / norm if norm > 0 else (float(np.abs(a).max()) if a.size else 0.0)
+    return TensorDiff(name, max_abs, rel)
+
+
+@dataclass
+class Report:
+    """Per-tensor differences of one comparison, in one dtype."""
+
+    dtype: np.dtype
+    outputs: list[TensorDiff] = field(default_factory=list)
+    gradients: list[TensorDiff] = field(default_factory=list)
+    output_dtypes: list[np.dtype] = field(default_factory=list)  # flaxseq's floating outputs
+
+    @property
+    def worst_output(self) -> TensorDiff:
+        return max(self.outputs, key=lambda d: d.rel)
+
+    @property
+    def worst_gradient(self) -> TensorDiff | None:
+        return max(self.gradients, key=lambda d: d.rel, default=None)
+
+    def failures(self) -> list[str]:
+        """What breaks the tolerance for this dtype; empty when the comparison passes."""
+        rtol, atol = TOLERANCES[np.dtype(self.dtype)]
+        bad = [
+            f"{d.name}: rel {d.rel:.2e} (max {rtol:.0e}), abs {d.max_abs:.2e}"
+            + ("" if atol is None else f" (max {atol:.0e})")
+            for d in self.outputs + self.gradients
+            if not (d.rel <= rtol and (atol is None or d.max_abs <= atol))
+        ]
+        bad += [f"output dtype {dt}, expected {self.dtype}" for dt in self.output_dtypes if dt != self.dtype]
+        return bad
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
+
+def _is_float(leaf) -> bool:
+    return np.issubdtype(np.asarray(leaf).dtype, np.floating)
+
+
+def compare(
+    torch_module: torch.nn.Module,
+    flax_module: nn.Module,
+    variables: Mapping,
+    args: tuple,
+    kwargs: Mapping | None = None,
+    *,
+    torch_call: Callable | None = None,
+    output_names: tuple[str, ...] | None = None,
+    input_names: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> Report:
+    """Compare forward outputs and gradients of `torch_module` and `flax_module`.
+
+    Args:
+      torch_module, flax_module, variables: the twins, with the same weights.
+      args: positional inputs as numpy arrays (nested tuples and None allowed, e.g.
+        `(x, (h0, c0))`); floating ones are differentiated, integer ones are passed as they are.
+      kwargs: keyword inputs, not differentiated (e.g. `lengths`).
+      torch_call: `(module, *args, **kwargs) -> outputs`; default `module(*args, **kwargs)`.
+      output_names, input_names: names for the flattened outputs and floating inputs.
+      seed: seeds the loss weights.
+
+    Both run in evaluation mode (PyTorch `eval()`, flaxseq `deterministic=True`); flaxseq under
+    `jax.jit`.
+    """
+    kwargs = dict(kwargs or {})
+    torch_call = torch_call or (lambda module, *a, **k: module(*a, **k))
+    leaves, treedef = jax.tree.flatten(args)
+    float_index = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
+
+    def rebuild(float_leaves, convert):
+        new = [convert(leaf) for leaf in leaves]
+        for i, leaf in zip(float_index, float_leaves):
+            new[i] = leaf
+        return jax.tree.unflatten(treedef, new)
+
+    # flaxseq
+    def flax_outputs(params, float_leaves):
+        return flax_module.apply({**variables, "params": params}, *rebuild(float_leaves, jnp.asarray), **kwargs)
+
+    out_leaves = jax.tree.leaves(jax.eval_shape(flax_outputs, variables["params"], [leaves[i] for i in float_index]))
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal(o.shape).astype(o.dtype) if _is_float(np.zeros(0, o.dtype)) else None for o in out_leaves]
+
+    def flax_loss(params, float_leaves):
+        outputs = jax.tree.leaves(flax_outputs(params, float_leaves))
+        return sum(jnp.sum(w * o) for w, o in zip(weights, outputs) if w is not None), outputs
+
+    grad_fn = jax.jit(jax.value_and_grad(flax_loss, argnums=(0, 1), has_aux=True))
+    (_, flax_out), (param_grads, input_grads) = grad_fn(variables["params"], [jnp.asarray(leaves[i]) for i in float_index])
+
+    # PyTorch
+    torch_module.eval()
+    torch_module.zero_grad(set_to_none=True)
+    torch_inputs = [torch.from_numpy(np.array(leaves[i])).requires_grad_(True) for i in float_index]
+    torch_args = rebuild(torch_inputs, lambda leaf: torch.from_numpy(np.array(leaf)))
+    torch_kwargs = {k: (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    torch_out = jax.tree.leaves(torch_call(torch_module, *torch_args, **torch_kwargs))
+    torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in zip(weights, torch_out) if w is not None)
+    torch_loss.backward()
+
+    report = Report(dtype=np.dtype(jax.tree.leaves(variables["params"])[0].dtype))
+    names = output_names or tuple(f"out[{i}]" for i in range(len(flax_out)))
+    if len(torch_out) != len(flax_out):
+        raise ValueError(f"flaxseq returns {len(flax_out)} outputs, PyTorch {len(torch_out)}")
+    for name, a, b in zip(names, flax_out, torch_out):
+        report.outputs.append(tensor_diff(name, a, b.detach().numpy()))
+        if _is_float(a):
+            report.output_dtypes.append(np.dtype(a.dtype))
+
+    torch_grads = {
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
+        for name, p in torch_module.named_parameters()
+    }
+    flax_grads = to_state_dict(flax_module, {"params": param_grads})
+    if set(torch_grads) != set(flax_grads):
+        raise ValueError(
+            f"parameter names differ: only in flaxseq {sorted(set(flax_grads) - set(torch_grads))}, "
+            f"only in PyTorch {sorted(set(torch_grads) - set(flax_grads))}"
+        )
+    for name in torch_grads:
+        report.gradients.append(tensor_diff(f"d{name}", flax_grads[name], torch_grads[name]))
+    in_names = input_names or tuple(f"input[{i}]" for i in range(len(float_index)))
+    for name, a, b in zip(in_names, input_grads, torch_inputs):
+        grad = b.grad.numpy() if b.grad is not None else np.zeros(b.shape, np.asarray(a).dtype)
+        report.gradients.append(tensor_diff(f"d{name}", a, grad))
+    return report

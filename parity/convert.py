@@ -1,0 +1,176 @@
+"""Two-way weight conversion between PyTorch modules and flaxseq modules.
+
+Parameter names follow one convention in both frameworks: a Flax submodule has the attribute
+name of its PyTorch twin, so `fc.weight` is `params['fc']['kernel']` and `lstm.weight_ih_l0` is
+`params['lstm']['weight_ih_l0']`. Converting is then a table of leaf renames (`LEAF_RULES`),
+with a transpose for `nn.Dense` kernels, and no arithmetic on weights.
+
+Building a module from the other framework's configuration needs a rule per class: `register`
+one for your own modules, as `parity/layers.py` and `parity/models.py` do for flaxseq's.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+# Flax leaf name -> (PyTorch leaf name, whether the array is transposed between the two).
+LEAF_RULES = {"kernel": ("weight", True), "embedding": ("weight", False)}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How to build one framework's module from the other's, for one pair of classes.
+
+    Attributes:
+      torch_type, flax_type: the pair of classes.
+      to_flax: PyTorch module -> flaxseq module with the same configuration.
+      to_torch: flaxseq module -> PyTorch module with the same configuration (any weights).
+      example_args: flaxseq module -> positional arguments that `module.init` accepts, used to
+        learn the parameter tree's names and shapes without computing anything.
+    """
+
+    torch_type: type
+    flax_type: type
+    to_flax: Callable[[torch.nn.Module], nn.Module]
+    to_torch: Callable[[nn.Module], torch.nn.Module]
+    example_args: Callable[[nn.Module], tuple]
+
+
+_RULES: list[Rule] = []
+
+
+def register(rule: Rule) -> Rule:
+    """Add (or replace) the rule for `rule.torch_type` and `rule.flax_type`."""
+    _RULES[:] = [r for r in _RULES if r.torch_type is not rule.torch_type and r.flax_type is not rule.flax_type]
+    _RULES.append(rule)
+    return rule
+
+
+def find_rule(module) -> Rule:
+    """The rule whose torch or flax class is `type(module)` (or its nearest base class)."""
+    for cls in type(module).__mro__:
+        for rule in _RULES:
+            if cls in (rule.torch_type, rule.flax_type):
+                return rule
+    known = ", ".join(sorted(r.torch_type.__name__ for r in _RULES))
+    raise TypeError(
+        f"no conversion rule for {type(module).__module__}.{type(module).__name__}; "
+        f"register one with parity.register (known: {known})"
+    )
+
+
+def torch_dtype(dtype) -> torch.dtype:
+    """The torch dtype of a numpy/JAX dtype."""
+    return getattr(torch, np.dtype(dtype).name)
+
+
+def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype of a torch dtype."""
+    return np.dtype(str(dtype).removeprefix("torch."))
+
+
+def module_dtype(module: torch.nn.Module) -> np.dtype:
+    """The dtype of a PyTorch module's parameters (float32 when it has none)."""
+    param = next(module.parameters(), None)
+    return np.dtype("float32") if param is None else numpy_dtype(param.dtype)
+
+
+def torch_name(flax_path: tuple[str, ...]) -> tuple[str, bool]:
+    """Flax parameter path -> (PyTorch state_dict key, transposed?)."""
+    *prefix, leaf = flax_path
+    leaf, transposed = LEAF_RULES.get(leaf, (leaf, False))
+    return ".".join([*prefix, leaf]), transposed
+
+
+def expected_params(flax_module: nn.Module) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+    """The flat parameter tree of `flax_module`: path -> shape and dtype, computed abstractly."""
+    args = find_rule(flax_module).example_args(flax_module)
+    shapes = jax.eval_shape(lambda: flax_module.init(jax.random.key(0), *args))
+    return flatten_dict(shapes["params"])
+
+
+def to_state_dict(flax_module: nn.Module, variables: Mapping) -> dict[str, np.ndarray]:
+    """flaxseq variables -> PyTorch state_dict of numpy arrays (dtype kept).
+
+    Works for any pytree with the parameter structure, gradients included.
+    """
+    del flax_module  # the names alone decide; kept for symmetry with `from_state_dict`
+    state_dict = {}
+    for path, value in flatten_dict(variables["params"]).items():
+        name, transposed = torch_name(path)
+        value = np.asarray(value)
+        state_dict[name] = value.T if transposed else value
+    return state_dict
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def from_state_dict(flax_module: nn.Module, state_dict: Mapping[str, Any]) -> dict:
+    """PyTorch state_dict (torch tensors or numpy arrays) -> flaxseq variables `{'params': ...}`.
+
+    Strict: every missing, unexpected and misshaped key is collected and raised at once in a
+    `ValueError` naming each. The arrays keep their dtype; float64 while JAX's x64 mode is off
+    is an error (JAX would silently give float32).
+    """
+    expected = expected_params(flax_module)
+    names = {torch_name(path): path for path in expected}
+    by_key = {key: (path, transposed) for (key, transposed), path in names.items()}
+    problems = []
+    missing = sorted(set(by_key) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(by_key))
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    params = {}
+    for key, (path, transposed) in sorted(by_key.items()):
+        if key not in state_dict:
+            continue
+        value = _as_numpy(state_dict[key])
+        value = value.T if transposed else value
+        want = tuple(expected[path].shape)
+        if value.shape != want:
+            shown = value.T.shape if transposed else value.shape
+            torch_want = want[::-1] if transposed else want
+            problems.append(f"{key}: expected shape {torch_want}, got {shown}")
+            continue
+        if value.dtype == np.float64 and not jax.config.jax_enable_x64:
+            problems.append(
+                f"{key}: float64 needs JAX's x64 mode, which is off "
+                "(jax.config.update('jax_enable_x64', True)); JAX would give float32"
+            )
+            continue
+        params[path] = jnp.asarray(value)
+    if problems:
+        raise ValueError(
+            f"state_dict does not match {type(flax_module).__name__}:\n  " + "\n  ".join(problems)
+        )
+    return {"params": unflatten_dict(params)}
+
+
+def from_torch(torch_module: torch.nn.Module) -> tuple[nn.Module, dict]:
+    """A PyTorch module -> `(flaxseq module, variables)` with the same configuration and weights."""
+    flax_module = find_rule(torch_module).to_flax(torch_module)
+    return flax_module, from_state_dict(flax_module, torch_module.state_dict())
+
+
+def to_torch(flax_module: nn.Module, variables: Mapping) -> torch.nn.Module:
+    """flaxseq module and variables -> the PyTorch module with the same configuration and weights."""
+    torch_module = find_rule(flax_module).to_torch(flax_module)
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(flax_module, variables).items()}
+    dtypes = {v.dtype for v in state_dict.values()}
+    if len(dtypes) == 1:
+        torch_module = torch_module.to(dtypes.pop())
+    torch_module.load_state_dict(state_dict, strict=True)
+    return torch_module

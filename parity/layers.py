@@ -1,0 +1,58 @@
+"""Conversion rules for the layers and cells, and PyTorch's side of their call.
+
+A flaxseq layer's fields have the names of the PyTorch module's attributes, so a rule copies
+them across; PyTorch's `dtype=` becomes `param_dtype`.
+"""
+
+import jax.numpy as jnp
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import flaxseq
+from parity.convert import Rule, module_dtype, register, torch_dtype
+
+LAYER_FIELDS = {
+    "RNN": ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional"),
+    "LSTM": ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"),
+    "GRU": ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"),
+    "RNNCell": ("input_size", "hidden_size", "bias", "nonlinearity"),
+    "LSTMCell": ("input_size", "hidden_size", "bias"),
+    "GRUCell": ("input_size", "hidden_size", "bias"),
+}
+
+
+def _copy_rule(name: str, example_args) -> Rule:
+    torch_type, flax_type = getattr(torch.nn, name), getattr(flaxseq, name)
+    fields = LAYER_FIELDS[name]
+
+    def to_flax(module):
+        return flax_type(**{f: getattr(module, f) for f in fields}, param_dtype=jnp.dtype(module_dtype(module)))
+
+    def to_torch(module):
+        return torch_type(**{f: getattr(module, f) for f in fields}, dtype=torch_dtype(module.param_dtype))
+
+    return register(Rule(torch_type, flax_type, to_flax, to_torch, example_args))
+
+
+for _name in ("RNN", "LSTM", "GRU"):
+    _copy_rule(_name, lambda m: (jnp.zeros((1, 1, m.input_size), m.param_dtype),))
+for _name in ("RNNCell", "LSTMCell", "GRUCell"):
+    _copy_rule(_name, lambda m: (jnp.zeros((1, m.input_size), m.param_dtype),))
+
+
+def torch_forward(module: torch.nn.Module, input, hx=None, lengths=None):
+    """PyTorch's side of `flaxseq.{RNN,LSTM,GRU}.apply(variables, input, hx, lengths=...)`.
+
+    With `lengths`, the input goes through `pack_padded_sequence(enforce_sorted=False)` and the
+    output back through `pad_packed_sequence(total_length=T)`, which is what flaxseq's
+    `lengths` reproduces.
+    """
+    if lengths is None:
+        return module(input, hx)
+    time_steps = input.shape[1 if module.batch_first else 0]
+    packed = pack_padded_sequence(
+        input, torch.as_tensor(lengths).cpu(), batch_first=module.batch_first, enforce_sorted=False
+    )
+    output, state = module(packed, hx)
+    output, _ = pad_packed_sequence(output, batch_first=module.batch_first, total_length=time_steps)
+    return output, state
