@@ -92,7 +92,8 @@ class LayerCase:
         if not self.hx:
             return (x, None), kwargs, ("input",)
         if self.mode.startswith("LSTM"):
-            return (x, (randn(count, *batch, out), randn(count, *batch, self.hidden_size))), kwargs, ("input", "h_0", "c_0")
+            states = (randn(count, *batch, out), randn(count, *batch, self.hidden_size))
+            return (x, states), kwargs, ("input", "h_0", "c_0")
         return (x, randn(count, *batch, out)), kwargs, ("input", "h_0")
 
     def output_names(self) -> tuple[str, ...]:
@@ -137,7 +138,8 @@ LAYER_AXES = dict(
 def layer_grid() -> list[LayerCase]:
     """The full configuration product for the layers (unbatched input has no lengths and no
     batch_first, which PyTorch ignores for it)."""
-    cases = [LayerCase(**dict(zip(LAYER_AXES, values))) for values in itertools.product(*LAYER_AXES.values())]
+    products = itertools.product(*LAYER_AXES.values())
+    cases = [LayerCase(**dict(zip(LAYER_AXES, values, strict=True))) for values in products]
     return [c for c in cases if not (c.unbatched and (c.lengths or c.batch_first))]
 
 

@@ -112,7 +112,7 @@ def compare(
 
     def rebuild(float_leaves, convert):
         new = [convert(leaf) for leaf in leaves]
-        for i, leaf in zip(float_index, float_leaves):
+        for i, leaf in zip(float_index, float_leaves, strict=True):
             new[i] = leaf
         return jax.tree.unflatten(treedef, new)
 
@@ -120,16 +120,20 @@ def compare(
     def flax_outputs(params, float_leaves):
         return flax_module.apply({**variables, "params": params}, *rebuild(float_leaves, jnp.asarray), **kwargs)
 
-    out_leaves = jax.tree.leaves(jax.eval_shape(flax_outputs, variables["params"], [leaves[i] for i in float_index]))
+    float_inputs = [jnp.asarray(leaves[i]) for i in float_index]
+    out_leaves = jax.tree.leaves(jax.eval_shape(flax_outputs, variables["params"], float_inputs))
     rng = np.random.default_rng(seed)
-    weights = [rng.standard_normal(o.shape).astype(o.dtype) if _is_float(np.zeros(0, o.dtype)) else None for o in out_leaves]
+    weights = [
+        rng.standard_normal(o.shape).astype(o.dtype) if np.issubdtype(o.dtype, np.floating) else None
+        for o in out_leaves
+    ]
 
     def flax_loss(params, float_leaves):
         outputs = jax.tree.leaves(flax_outputs(params, float_leaves))
-        return sum(jnp.sum(w * o) for w, o in zip(weights, outputs) if w is not None), outputs
+        return sum(jnp.sum(w * o) for w, o in zip(weights, outputs, strict=True) if w is not None), outputs
 
     grad_fn = jax.jit(jax.value_and_grad(flax_loss, argnums=(0, 1), has_aux=True))
-    (_, flax_out), (param_grads, input_grads) = grad_fn(variables["params"], [jnp.asarray(leaves[i]) for i in float_index])
+    (_, flax_out), (param_grads, input_grads) = grad_fn(variables["params"], float_inputs)
 
     # PyTorch
     torch_module.eval()
@@ -138,14 +142,14 @@ def compare(
     torch_args = rebuild(torch_inputs, lambda leaf: torch.from_numpy(np.array(leaf)))
     torch_kwargs = {k: (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
     torch_out = jax.tree.leaves(torch_call(torch_module, *torch_args, **torch_kwargs))
-    torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in zip(weights, torch_out) if w is not None)
+    torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in zip(weights, torch_out, strict=True) if w is not None)
     torch_loss.backward()
 
     report = Report(dtype=np.dtype(jax.tree.leaves(variables["params"])[0].dtype))
     names = output_names or tuple(f"out[{i}]" for i in range(len(flax_out)))
     if len(torch_out) != len(flax_out):
         raise ValueError(f"flaxseq returns {len(flax_out)} outputs, PyTorch {len(torch_out)}")
-    for name, a, b in zip(names, flax_out, torch_out):
+    for name, a, b in zip(names, flax_out, torch_out, strict=True):
         report.outputs.append(tensor_diff(name, a, b.detach().numpy()))
         if _is_float(a):
             report.output_dtypes.append(np.dtype(a.dtype))
@@ -163,7 +167,7 @@ def compare(
     for name in torch_grads:
         report.gradients.append(tensor_diff(f"d{name}", flax_grads[name], torch_grads[name]))
     in_names = input_names or tuple(f"input[{i}]" for i in range(len(float_index)))
-    for name, a, b in zip(in_names, input_grads, torch_inputs):
+    for name, a, b in zip(in_names, input_grads, torch_inputs, strict=True):
         grad = b.grad.numpy() if b.grad is not None else np.zeros(b.shape, np.asarray(a).dtype)
         report.gradients.append(tensor_diff(f"d{name}", a, grad))
     return report

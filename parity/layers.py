@@ -11,10 +11,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import flaxseq
 from parity.convert import Rule, module_dtype, register, torch_dtype
 
+_STACK = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 LAYER_FIELDS = {
-    "RNN": ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional"),
-    "LSTM": ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"),
-    "GRU": ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"),
+    "RNN": (*_STACK, "nonlinearity"),
+    "LSTM": (*_STACK, "proj_size"),
+    "GRU": _STACK,
     "RNNCell": ("input_size", "hidden_size", "bias", "nonlinearity"),
     "LSTMCell": ("input_size", "hidden_size", "bias"),
     "GRUCell": ("input_size", "hidden_size", "bias"),
