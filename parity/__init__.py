@@ -2,9 +2,9 @@
 
 import parity.layers  # noqa: F401  (registers the layer and cell rules)
 from parity.compare import Report, TensorDiff, compare
-from parity.convert import Rule, from_state_dict, from_torch, register, to_state_dict, to_torch
+from parity.convert import Rule, copy_rule, from_state_dict, from_torch, register, to_state_dict, to_torch
 
 __all__ = [
-    "Report", "Rule", "TensorDiff", "compare", "from_state_dict", "from_torch", "register",
+    "Report", "Rule", "TensorDiff", "compare", "copy_rule", "from_state_dict", "from_torch", "register",
     "to_state_dict", "to_torch",
 ]

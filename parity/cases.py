@@ -1,4 +1,8 @@
-"""Random comparison cases for the layers and cells: one configuration -> one `Report`."""
+"""Random comparison cases for the layers and cells: one configuration -> one `Report`.
+
+A case, here or for the models, is anything with `label()`, `dtype` and `run(seed) -> Report`;
+`python -m parity` runs lists of them.
+"""
 
 import itertools
 from dataclasses import dataclass
@@ -46,6 +50,9 @@ class LayerCase:
             parts += ["lengths"] * self.lengths
         parts += ["no_bias"] * (not self.bias) + ["hx"] * self.hx + ["unbatched"] * self.unbatched
         return " ".join(parts)
+
+    def run(self, seed: int = 0) -> Report:
+        return run_case(self, seed)
 
     def torch_module(self) -> torch.nn.Module:
         kind, _, act = self.mode.partition("_")

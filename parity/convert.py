@@ -9,6 +9,8 @@ Building a module from the other framework's configuration needs a rule per clas
 one for your own modules, as `parity/layers.py` and `parity/models.py` do for flaxseq's.
 """
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,37 @@ def register(rule: Rule) -> Rule:
     _RULES[:] = [r for r in _RULES if r.torch_type is not rule.torch_type and r.flax_type is not rule.flax_type]
     _RULES.append(rule)
     return rule
+
+
+def copy_rule(
+    torch_type: type, flax_type: type, fields: tuple[str, ...], example_args: Callable[[nn.Module], tuple]
+) -> Rule:
+    """Register a rule for twins whose constructor arguments `fields` share names and meaning.
+
+    Arguments that are modules themselves (`Seq2Seq(encoder, decoder)`) are converted with their
+    own rules. PyTorch's parameter dtype becomes `param_dtype`; PyTorch modules whose
+    constructor takes no `dtype=` are cast by `to_torch` after construction.
+    """
+    takes_dtype = "dtype" in inspect.signature(torch_type).parameters
+
+    def convert(value, direction):
+        if isinstance(value, (torch.nn.Module, nn.Module)):
+            return getattr(find_rule(value), direction)(value)
+        return value
+
+    def to_flax(module):
+        config = {f: convert(getattr(module, f), "to_flax") for f in fields}
+        if "param_dtype" in {f.name for f in dataclasses.fields(flax_type)}:
+            config["param_dtype"] = jnp.dtype(module_dtype(module))
+        return flax_type(**config)
+
+    def to_torch(module):
+        config = {f: convert(getattr(module, f), "to_torch") for f in fields}
+        if takes_dtype:
+            config["dtype"] = torch_dtype(module.param_dtype)
+        return torch_type(**config)
+
+    return register(Rule(torch_type, flax_type, to_flax, to_torch, example_args))
 
 
 def find_rule(module) -> Rule:

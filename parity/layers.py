@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import flaxseq
-from parity.convert import Rule, module_dtype, register, torch_dtype
+from parity.convert import copy_rule
 
 _STACK = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 LAYER_FIELDS = {
@@ -22,23 +22,16 @@ LAYER_FIELDS = {
 }
 
 
-def _copy_rule(name: str, example_args) -> Rule:
-    torch_type, flax_type = getattr(torch.nn, name), getattr(flaxseq, name)
-    fields = LAYER_FIELDS[name]
-
-    def to_flax(module):
-        return flax_type(**{f: getattr(module, f) for f in fields}, param_dtype=jnp.dtype(module_dtype(module)))
-
-    def to_torch(module):
-        return torch_type(**{f: getattr(module, f) for f in fields}, dtype=torch_dtype(module.param_dtype))
-
-    return register(Rule(torch_type, flax_type, to_flax, to_torch, example_args))
-
-
 for _name in ("RNN", "LSTM", "GRU"):
-    _copy_rule(_name, lambda m: (jnp.zeros((1, 1, m.input_size), m.param_dtype),))
+    copy_rule(
+        getattr(torch.nn, _name), getattr(flaxseq, _name), LAYER_FIELDS[_name],
+        lambda m: (jnp.zeros((1, 1, m.input_size), m.param_dtype),),
+    )
 for _name in ("RNNCell", "LSTMCell", "GRUCell"):
-    _copy_rule(_name, lambda m: (jnp.zeros((1, m.input_size), m.param_dtype),))
+    copy_rule(
+        getattr(torch.nn, _name), getattr(flaxseq, _name), LAYER_FIELDS[_name],
+        lambda m: (jnp.zeros((1, m.input_size), m.param_dtype),),
+    )
 
 
 def torch_forward(module: torch.nn.Module, input, hx=None, lengths=None):
