@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[torch,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,dev,data,plot]'
 	touch $(INSTALLED)
 
 run: $(INSTALLED)
