@@ -1,0 +1,144 @@
+"""The converter: round trips, strictness, dtypes and its errors."""
+
+import re
+
+import flax.linen
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import flaxseq
+import parity
+from parity.layers import LAYER_FIELDS
+
+TORCH_MODULES = [
+    lambda: torch.nn.RNN(4, 5, 2, nonlinearity="relu", bias=False, batch_first=True, dropout=0.25, bidirectional=True),
+    lambda: torch.nn.LSTM(4, 5, 3, batch_first=True, bidirectional=True, proj_size=2),
+    lambda: torch.nn.LSTM(4, 5, dtype=torch.float64),
+    lambda: torch.nn.GRU(4, 5, 2, dropout=0.5, dtype=torch.float64),
+    lambda: torch.nn.RNNCell(4, 5, nonlinearity="relu"),
+    lambda: torch.nn.LSTMCell(4, 5, bias=False),
+    lambda: torch.nn.GRUCell(4, 5, dtype=torch.float64),
+]
+def config(module):
+    return {name: getattr(module, name) for name in LAYER_FIELDS[type(module).__name__]}
+
+
+@pytest.mark.parametrize("make", TORCH_MODULES)
+def test_torch_flax_torch_round_trip(make):
+    torch.manual_seed(0)
+    original = make()
+    flax_module, variables = parity.from_torch(original)
+    assert config(flax_module) == config(original)
+    back = parity.to_torch(flax_module, variables)
+    assert type(back) is type(original) and config(back) == config(original)
+    original_state, back_state = original.state_dict(), back.state_dict()
+    assert list(back_state) == list(original_state)
+    for name, value in original_state.items():
+        assert back_state[name].dtype == value.dtype
+        assert torch.equal(back_state[name], value), name
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        flaxseq.LSTM(4, 5, 2, bidirectional=True, proj_size=3, param_dtype=jnp.float64),
+        flaxseq.GRU(4, 5, bias=False, batch_first=True),
+        flaxseq.RNN(4, 5, 3, nonlinearity="relu", dropout=0.5),
+        flaxseq.GRUCell(4, 5, param_dtype=jnp.float64),
+    ],
+)
+def test_flax_torch_flax_round_trip(module):
+    example = jnp.zeros((2, 1, 4) if hasattr(module, "num_layers") else (1, 4), module.param_dtype)
+    variables = module.init(jax.random.key(3), example)
+    torch_module = parity.to_torch(module, variables)
+    again, again_variables = parity.from_torch(torch_module)
+    assert again == module
+    jax.tree.map(
+        lambda a, b: (np.testing.assert_array_equal(a, b), a.dtype == b.dtype or pytest.fail("dtype changed")),
+        variables, again_variables,
+    )
+
+
+def test_state_dict_names_and_layout():
+    module = flaxseq.LSTM(4, 5, 2, bidirectional=True, proj_size=3)
+    variables = module.init(jax.random.key(0), jnp.zeros((2, 1, 4)))
+    state_dict = parity.to_state_dict(module, variables)
+    assert state_dict.keys() == torch.nn.LSTM(4, 5, 2, bidirectional=True, proj_size=3).state_dict().keys()
+    np.testing.assert_array_equal(state_dict["weight_hr_l1_reverse"], variables["params"]["weight_hr_l1_reverse"])
+
+
+def test_from_state_dict_collects_every_problem():
+    module = flaxseq.GRU(4, 5, num_layers=2)
+    state_dict = torch.nn.GRU(4, 5, num_layers=2).state_dict()
+    del state_dict["bias_hh_l1"], state_dict["weight_ih_l0"]
+    state_dict["weight_hh_l0"] = torch.zeros(15, 4)
+    state_dict["weight_hr_l0"] = torch.zeros(2, 5)
+    with pytest.raises(ValueError) as error:
+        parity.from_state_dict(module, state_dict)
+    message = str(error.value)
+    assert "state_dict does not match GRU" in message
+    assert "missing keys: bias_hh_l1, weight_ih_l0" in message
+    assert "unexpected keys: weight_hr_l0" in message
+    assert "weight_hh_l0: expected shape (15, 5), got (15, 4)" in message
+
+
+def test_from_state_dict_keeps_dtype_and_refuses_float64_without_x64():
+    module = flaxseq.LSTM(4, 5)
+    state_dict = {k: v.numpy() for k, v in torch.nn.LSTM(4, 5, dtype=torch.float64).state_dict().items()}
+    variables = parity.from_state_dict(module, state_dict)
+    assert all(v.dtype == jnp.float64 for v in jax.tree.leaves(variables))
+    with jax.enable_x64(False), pytest.raises(ValueError, match=re.escape("weight_ih_l0: float64 needs JAX's x64")):
+        parity.from_state_dict(module, state_dict)
+
+
+def test_unknown_module_type():
+    with pytest.raises(TypeError, match="no conversion rule for torch.nn.modules.conv.Conv1d; register one"):
+        parity.from_torch(torch.nn.Conv1d(2, 3, 1))
+
+
+def test_subclass_uses_base_rule():
+    class Wrapped(torch.nn.GRU):
+        pass
+
+    flax_module, _ = parity.from_torch(Wrapped(4, 5))
+    assert isinstance(flax_module, flaxseq.GRU)
+
+
+class TorchHead(torch.nn.Module):
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+        self.gru = torch.nn.GRU(size, size)
+        self.fc = torch.nn.Linear(size, 2)
+
+    def forward(self, x):
+        return self.fc(self.gru(x)[0])
+
+
+class FlaxHead(flax.linen.Module):
+    size: int
+    param_dtype: object = jnp.float32
+
+    @flax.linen.compact
+    def __call__(self, x):
+        out, _ = flaxseq.GRU(self.size, self.size, param_dtype=self.param_dtype, name="gru")(x)
+        return flaxseq.basic.Linear(2, param_dtype=self.param_dtype, name="fc")(out)
+
+
+def test_user_rule_registration():
+    rule = parity.copy_rule(TorchHead, FlaxHead, ("size",), lambda m: (jnp.zeros((1, 1, m.size), m.param_dtype),))
+    try:
+        torch.manual_seed(0)
+        torch_module = TorchHead(3).double()
+        flax_module, variables = parity.from_torch(torch_module)
+        assert flax_module == FlaxHead(3, param_dtype=jnp.float64)
+        x = np.random.default_rng(0).standard_normal((4, 2, 3))
+        report = parity.compare(torch_module, flax_module, variables, (x,))
+        assert report.passed, report.failures()
+        back = parity.to_torch(flax_module, variables)
+        assert all(torch.equal(back.state_dict()[k], v) for k, v in torch_module.state_dict().items())
+    finally:
+        parity.convert._RULES.remove(rule)
