@@ -1,7 +1,11 @@
 """flaxseq: PyTorch's recurrent networks in JAX/Flax, with the same parameters and results."""
 
 from flaxseq.cells import GRUCell, LSTMCell, RNNCell
+from flaxseq.classifiers import BiLSTM, LSTMClassifier, PackedLSTM, TextClassifier
 from flaxseq.layers import GRU, LSTM, RNN
+from flaxseq.manual_rnn import ManualRNN, ManualRNNCell
+from flaxseq.tagger import GRUTagger
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
+__all__ += ["BiLSTM", "GRUTagger", "LSTMClassifier", "ManualRNN", "ManualRNNCell", "PackedLSTM", "TextClassifier"]
 __version__ = "0.1.0"

@@ -5,4 +5,9 @@ The layers and cells are PyTorch's own; the tutorial's models follow in their ow
 
 from torch.nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
+from torch_ref.classifiers import BiLSTM, LSTMClassifier, PackedLSTM, TextClassifier
+from torch_ref.manual_rnn import ManualRNN, ManualRNNCell
+from torch_ref.tagger import GRUTagger
+
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
+__all__ += ["BiLSTM", "GRUTagger", "LSTMClassifier", "ManualRNN", "ManualRNNCell", "PackedLSTM", "TextClassifier"]
