@@ -15,13 +15,16 @@ import jax
 jax.config.update("jax_enable_x64", True)
 warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
 
+from parity import classifiers, manual_rnn, tagger  # noqa: E402
 from parity.cases import cell_grid, layer_grid, representative_cases  # noqa: E402
 from parity.compare import TOLERANCES  # noqa: E402
 
 
 def report_cases() -> list:
     """The default report: every layer and cell, then every model."""
-    return representative_cases()
+    cases = representative_cases()
+    cases += manual_rnn.model_cases() + classifiers.model_cases() + tagger.model_cases()
+    return cases
 
 
 def all_cases() -> list:
