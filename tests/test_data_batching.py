@@ -193,3 +193,14 @@ def test_split_errors(n, fractions, error, message):
     with pytest.raises(error) as info:
         split_indices(n, fractions)
     assert message in str(info.value)
+
+
+def test_from_state_carries_the_position_over_to_new_arrays_of_the_same_size():
+    batches = BatchIterator(np.arange(10), batch_size=3, seed=1)
+    for _ in batches:
+        pass
+    next(iter(batches))
+    moved = BatchIterator.from_state(batches.state(), np.arange(10) * 100)
+    expected = [b[0] * 100 for b in batches]
+    assert [b[0].tolist() for b in moved] == [e.tolist() for e in expected]
+    assert (moved.epoch, moved.position) == (batches.epoch, batches.position) == (2, 0)

@@ -339,3 +339,12 @@ def test_encode_labels():
         encode_labels(["a"], classes=["a", "a"])
     with pytest.raises(TypeError, match="labels must be a sequence of class names, got a single str"):
         encode_labels("abc")
+
+
+@pytest.mark.parametrize("module", ["vocab", "encode", "splits"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"flaxseq.data.{module}"))
+    assert result.attempted > 0 and result.failed == 0

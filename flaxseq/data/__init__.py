@@ -1,15 +1,38 @@
 """Data for training: text -> vocabulary -> padded ids and lengths -> batches. Numpy only.
 
+Classification (BBC News):
+
     from flaxseq import data
 
     texts, labels = data.load_bbc_news()
     train, valid, test = data.split_indices(len(texts), (0.8, 0.1, 0.1), seed=0)
     train_tokens = [data.tokenize(texts[i]) for i in train]
-    vocab = data.Vocab.build(train_tokens, min_freq=2, max_size=20_000)
-    ids, lengths = data.encode_sequences(train_tokens, vocab, max_length=200)   # [n, 200], [n]
-    label_ids, classes = data.encode_labels([labels[i] for i in train])
-    for ids_b, lengths_b, labels_b in data.BatchIterator(ids, lengths, label_ids, batch_size=32, seed=0):
-        ...
+    vocab = data.Vocab.build(train_tokens)                          # every training word
+    tokens = data.replace_rare(train_tokens, max_count=1, probability=0.5, seed=0)   # so <unk> is learned
+    ids, lengths = data.encode_sequences(tokens, vocab, max_length=200)              # [1780, 200], [1780]
+    label_ids, classes = data.encode_labels(labels)                                   # [2225], 5 class names
+    batches = data.BatchIterator(ids, lengths, label_ids[train], batch_size=32, seed=0)
+    for epoch in range(batches.epoch, num_epochs):
+        for ids_b, lengths_b, labels_b in batches:                  # [32, 200], [32], [32]
+            ...
+
+To draw new replacements each epoch, encode again and carry the position over:
+`batches = data.BatchIterator.from_state(batches.state(), new_ids, new_lengths, label_ids[train])`.
+
+Tagging (Universal Dependencies, CoNLL-U):
+
+    sentences = data.read_conllu("en_ewt-ud-dev.conllu")
+    words, tags = [w for w, _ in sentences], [t for _, t in sentences]
+    word_vocab, tag_vocab = data.Vocab.build(words, min_freq=2), data.Vocab.build(tags)
+    word_ids, tag_ids, lengths = data.encode_tagged(words, tags, word_vocab, tag_vocab, max_length=64)
+
+Sequence to sequence (CMUdict, letters to phonemes):
+
+    entries = data.load_cmudict()
+    letters = data.Vocab.build([list(word) for word, _ in entries])
+    phonemes = data.Vocab.build([p for _, p in entries], specials=(data.SOS, data.EOS))
+    source, source_lengths = data.encode_texts([w for w, _ in entries], letters, 32, tokenizer=list)
+    target, target_lengths = data.encode_sequences([p for _, p in entries], phonemes, 32, sos=True, eos=True)
 
 See each module's docstring: `vocab`, `encode`, `batching`, `splits`, `readers`, `datasets`.
 """

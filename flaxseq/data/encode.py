@@ -3,11 +3,13 @@
 The default tokeniser is the PyTorch tutorial's: lowercase, then split on whitespace. Any
 callable from a string to a list of tokens can replace it (`list` gives characters).
 
-    >>> vocab = Vocab.build([tokenize("the cat sat")])
+    >>> vocab = Vocab.build([tokenize("The cat sat on the mat")])
+    >>> vocab.tokens
+    ('<pad>', '<unk>', 'the', 'cat', 'mat', 'on', 'sat')
     >>> ids, lengths = encode_texts(["The cat", "a dog sat on the mat"], vocab, max_length=4)
     >>> ids                                  # [n, max_length] int32, padded with PAD_ID = 0
     array([[2, 3, 0, 0],
-           [1, 1, 4, 1]], dtype=int32)
+           [1, 1, 6, 5]], dtype=int32)
     >>> lengths                              # [n] int32, in [1, max_length]
     array([2, 4], dtype=int32)
 

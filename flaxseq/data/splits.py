@@ -3,7 +3,8 @@
     >>> train, valid, test = split_indices(2225, (0.8, 0.1, 0.1), seed=0)
     >>> len(train), len(valid), len(test)
     (1780, 223, 222)
-    >>> train_texts = [texts[i] for i in train]        # or ids[train] for an array
+
+Select with `[texts[i] for i in train]` for a list, or `ids[train]` for an array.
 
 The items are permuted with `np.random.default_rng(seed)` and cut into consecutive parts whose
 sizes are the fractions of `n` rounded by largest remainder (ties to the earlier part), so the

@@ -10,7 +10,7 @@ the corpus.
     ('<pad>', '<unk>', 'the', 'cat', 'dog')
     >>> vocab.encode(["the", "bird"])
     [2, 1]
-    >>> vocab.save("vocab.json"); Vocab.load("vocab.json") == vocab
+    >>> Vocab.from_dict(vocab.to_dict()) == vocab        # vocab.save(path), Vocab.load(path): as JSON
     True
 
 Targets get their own vocabulary, e.g. `Vocab.build(phonemes, specials=(SOS, EOS))` gives
