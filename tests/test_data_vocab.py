@@ -2,6 +2,7 @@
 
 import collections
 import json
+import re
 
 import numpy as np
 import pytest
@@ -160,6 +161,13 @@ def test_load_malformed_file_fails_naming_it(tmp_path, content, message):
         Vocab.load(path)
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+def test_load_non_utf8_file_fails_naming_it(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_bytes(b'{"specials": ["\xff"]}')
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: not valid UTF-8 JSON"):
+        Vocab.load(path)
 
 
 # Replacing rare words

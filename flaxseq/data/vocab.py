@@ -150,8 +150,8 @@ class Vocab:
         with open(path, encoding="utf-8") as file:
             try:
                 data = json.load(file)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: not valid JSON: {error}") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path}: not valid UTF-8 JSON: {error}") from None
         return cls.from_dict(data, source=str(path))
 
 
