@@ -145,7 +145,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "not valid UTF-8 JSON"),
         ('["<pad>", "<unk>"]', "expected an object with keys ['specials', 'words'], got list"),
         ('{"specials": ["<pad>", "<unk>"]}', "expected an object with keys ['specials', 'words'], got ['specials']"),
         ('{"specials": ["<unk>", "<pad>"], "words": []}', "'specials' must be a list starting with '<pad>', '<unk>'"),
