@@ -40,8 +40,8 @@ def random_texts(rng, count, max_words=12):
 
 
 def test_build_orders_by_frequency_then_alphabetically():
-    vocab = Vocab.build([["b", "a", "c", "a"], ["c", "d", "e", "e", "e"]])
-    assert vocab.tokens == (PAD, UNK, "e", "a", "c", "b", "d")
+    vocab = Vocab.build([["d", "c", "b", "b"], ["c", "a", "e", "e", "e"]])  # first appearance would give c, b, d, a
+    assert vocab.tokens == (PAD, UNK, "e", "b", "c", "a", "d")
     assert vocab.specials == (PAD, UNK)
     assert (vocab.token_to_id(PAD), vocab.token_to_id(UNK)) == (PAD_ID, UNK_ID) == (0, 1)
 
