@@ -1,0 +1,109 @@
+"""The `flaxseq` command: train, evaluate, predict, export.
+
+    flaxseq train classify [--epochs 12 --out runs/classify ...]
+    flaxseq train tag      [--train dev.conllu --test test.conllu ...]
+    flaxseq train seq2seq  [...]
+    flaxseq evaluate RUN            # the saved run's test metrics again
+    flaxseq predict RUN TEXT...     # label, tags or phonemes for each text
+    flaxseq export RUN FILE         # the trained weights as a PyTorch state_dict file
+
+Every `train` option is a field of the task's config dataclass; `--help` lists them with
+their defaults.
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import typing
+
+HELP = {
+    "out": "run folder: checkpoint, metrics.json, curves.png, vocabularies",
+    "epochs": "training epochs",
+    "batch_size": "examples per training step",
+    "learning_rate": "Adam's learning rate",
+    "max_norm": "gradient clipping: largest global gradient norm",
+    "clip": "clipping rule: 'optax' (clip_by_global_norm) or 'torch' (clip_grad_norm_, + 1e-6)",
+    "seed": "seed of splits, initialisation, shuffling and dropout",
+    "resume": "continue the run in --out from its last checkpoint",
+    "progress": "show a progress bar",
+    "data": "a folder of <class>/<file>.txt or a TSV/CSV of text and label (default: BBC News)",
+    "max_length": "tokens kept per example (longer ones are truncated)",
+    "min_freq": "words seen fewer times in training become <unk>",
+    "max_vocab": "largest vocabulary, specials included",
+    "embed_dim": "embedding size",
+    "hidden_size": "recurrent hidden size",
+    "num_layers": "recurrent layers",
+    "dropout": "dropout probability",
+    "train": "CoNLL-U training file (10%% held out for validation)",
+    "test": "CoNLL-U test file",
+    "unk_max_count": "training words seen at most this often may be replaced by <unk>",
+    "unk_probability": "probability of that replacement",
+}
+
+
+def _tasks() -> dict:
+    from flaxseq.tasks import classify, seq2seq, tag
+
+    return {
+        "classify": (classify.ClassifyConfig, classify.train),
+        "tag": (tag.TagConfig, tag.train),
+        "seq2seq": (seq2seq.Seq2SeqConfig, seq2seq.train),
+    }
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_type) -> None:
+    hints = typing.get_type_hints(config_type)
+    for field in dataclasses.fields(config_type):
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        help_text = HELP.get(field.name, field.name.replace("_", " "))
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+        else:
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            parser.add_argument(flag, type=base, default=field.default, metavar=base.__name__.upper(),
+                                help=f"{help_text} (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flaxseq", description="Train and use flaxseq's recurrent models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a model; writes a run folder")
+    tasks = train.add_subparsers(dest="task", required=True)
+    for name, (config_type, _) in _tasks().items():
+        task_parser = tasks.add_parser(name, help=(sys.modules[config_type.__module__].__doc__ or "").splitlines()[0],
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _add_config_options(task_parser, config_type)
+    evaluate = commands.add_parser("evaluate", help="the saved run's test metrics, computed again")
+    evaluate.add_argument("run", help="run folder written by train")
+    predict = commands.add_parser("predict", help="label, tags or phonemes for each text")
+    predict.add_argument("run", help="run folder written by train")
+    predict.add_argument("texts", nargs="+", help="texts (or words, for seq2seq)")
+    export = commands.add_parser("export", help="the trained weights as a PyTorch state_dict file (needs torch)")
+    export.add_argument("run", help="run folder written by train")
+    export.add_argument("file", help="output file, e.g. model.pt")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        config_type, train = _tasks()[args.task]
+        config = config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})
+        metrics = train(config)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
+        return 0
+    from flaxseq.tasks import saved
+
+    run = saved.load_run(pathlib.Path(args.run))
+    if args.command == "evaluate":
+        print(json.dumps(run.evaluate(), indent=1))
+    elif args.command == "predict":
+        for text, prediction in zip(args.texts, run.predict(args.texts), strict=True):
+            print(f"{text}\t{prediction}")
+    elif args.command == "export":
+        saved.export(run, pathlib.Path(args.file))
+        print(f"wrote {args.file}")
+    return 0

@@ -1,0 +1,115 @@
+"""What every task's training run shares: the run folder, metrics.json, curves.png, the summary."""
+
+import dataclasses
+import json
+import pathlib
+import time
+import typing
+
+import jax
+import numpy as np
+
+from flaxseq.data import BatchIterator
+from flaxseq.optim import adam_with_clipping
+from flaxseq.train import FitResult, Trainer, fit
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Options every `train` command takes."""
+
+    out: str = "runs/latest"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    max_norm: float = 1.0
+    clip: str = "optax"
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    task: typing.ClassVar[str] = ""
+
+
+def model_config(config) -> dict:
+    """The fields that define the model and data (a resumed run must match them)."""
+    skip = {"out", "resume", "progress", "epochs"}
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+
+
+def prepare_out(config) -> pathlib.Path:
+    """The run folder; refuses to start a fresh run over an existing checkpoint."""
+    from flaxseq.checkpoint import has_checkpoint
+
+    out = pathlib.Path(config.out)
+    if not config.resume and has_checkpoint(out / CHECKPOINT_DIR):
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"task": config.task, **dataclasses.asdict(config)}, indent=1))
+    return out
+
+
+def write_metrics(out: pathlib.Path, metrics: dict, history: list, started: float) -> dict:
+    """metrics.json (final metrics, wall time, per-epoch history) and curves.png."""
+    metrics = {**metrics, "wall_seconds": time.perf_counter() - started, "history": history}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    plot_curves(history, out / "curves.png")
+    return metrics
+
+
+def plot_curves(history: list, path: pathlib.Path) -> None:
+    """Loss and accuracy per epoch (train and validation) as a PNG; skipped without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, axis in (("loss", left), ("accuracy", right)):
+        for split in ("train", "valid"):
+            if f"{split}_{key}" in history[0]:
+                axis.plot(epochs, [h[f"{split}_{key}"] for h in history], marker="o", label=split)
+        axis.set_xlabel("epoch")
+        axis.set_title(key)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def split_batches(fields: tuple[str, ...], split: tuple[np.ndarray, ...], batch_size: int):
+    """The batches of one split in order, as dicts named by `fields` (the last may be short)."""
+    for start in range(0, len(split[0]), batch_size):
+        yield dict(zip(fields, (a[start : start + batch_size] for a in split), strict=True))
+
+
+def train_model(
+    config: RunConfig, out: pathlib.Path, model, loss_fn, fields: tuple[str, ...],
+    train_split: tuple[np.ndarray, ...], valid_split: tuple[np.ndarray, ...], *, score: str = "accuracy",
+    validate=None, log=print,
+) -> tuple[FitResult, Trainer]:
+    """Initialise `model` from the seed, then `fit` it on `train_split`, validating on `valid_split`.
+
+    `model.init` receives the first training example's arrays (all fields but the last, the
+    targets). `validate(trainer, params)` overrides the default validation (the loss function's
+    loss and accuracy).
+    """
+    example = [a[:1] for a in train_split[:-1]]
+    params = model.init(jax.random.key(config.seed), *example)["params"]
+    trainer = Trainer(loss_fn, adam_with_clipping(config.learning_rate, config.max_norm, config.clip),
+                      config.batch_size)
+    batches = BatchIterator(*train_split, batch_size=config.batch_size, seed=config.seed)
+    if validate is None:
+        def validate(trainer, params):
+            return trainer.evaluate(params, split_batches(fields, valid_split, config.batch_size))
+    result = fit(
+        trainer, trainer.init_state(params), batches, fields, epochs=config.epochs, seed=config.seed,
+        validate=lambda p: validate(trainer, p), score=score, checkpoint_dir=out / CHECKPOINT_DIR,
+        config=model_config(config), resume=config.resume, progress=config.progress, log=log,
+    )
+    return result, trainer

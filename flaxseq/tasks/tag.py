@@ -1,0 +1,133 @@
+"""Part-of-speech tagging: `GRUTagger` on CoNLL-U files (word and UPOS columns).
+
+By default it trains on Universal Dependencies English-EWT's dev file and tests on its test
+file, as found under `shared/data/ud-english-ewt/` beside the repository (`--train`, `--test`
+choose others). 10% of the training sentences (seeded) are held out for validation. Words are
+lowercased; rare training words are replaced by `<unk>` at random so that the unknown-word
+embedding is learned. Token accuracy counts real tokens only (padding never counts).
+"""
+
+import dataclasses
+import pathlib
+import time
+import typing
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxseq import data
+from flaxseq.tagger import GRUTagger
+from flaxseq.tasks.run import RunConfig, prepare_out, split_batches, train_model, write_metrics
+
+FIELDS = ("ids", "lengths", "tags")  # the batch's arrays, in the order of the data splits
+EWT = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ud-english-ewt"
+
+
+@dataclasses.dataclass
+class TagConfig(RunConfig):
+    task: typing.ClassVar[str] = "tag"
+    train: str = str(EWT / "en_ewt-ud-dev.conllu")
+    test: str = str(EWT / "en_ewt-ud-test.conllu")
+    max_length: int = 64
+    min_freq: int = 1
+    unk_max_count: int = 1
+    unk_probability: float = 0.5
+    embed_dim: int = 100
+    hidden_size: int = 128
+    num_layers: int = 1
+    out: str = "runs/tag"
+    epochs: int = 12
+
+
+def read_sentences(path: str) -> list[tuple[list[str], list[str]]]:
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"no CoNLL-U file at {path}")
+    return [([w.lower() for w in words], tags) for words, tags in data.read_conllu(path)]
+
+
+def make_loss(model: GRUTagger):
+    """`(params, batch, key) -> (loss, sums)`: cross-entropy averaged over real tokens."""
+
+    def loss_fn(params, batch, key):
+        rngs = {} if key is None else {"dropout": key}
+        logits = model.apply({"params": params}, batch["ids"], batch["lengths"], deterministic=key is None, rngs=rngs)
+        time_steps = batch["ids"].shape[1]
+        mask = (jnp.arange(time_steps)[None, :] < batch["lengths"][:, None]) * batch["weight"][:, None]
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tags"]) * mask
+        correct = (jnp.argmax(logits, -1) == batch["tags"]) * mask
+        count = jnp.sum(mask)
+        return jnp.sum(losses) / jnp.maximum(count, 1), {
+            "loss_sum": jnp.sum(losses), "correct": jnp.sum(correct), "count": count,
+        }
+
+    return loss_fn
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Word and tag vocabularies and the splits `(word_ids, lengths, tag_ids)`, each `[n, max_length]` or `[n]`."""
+
+    vocab: data.Vocab
+    tags: data.Vocab
+    splits: dict[str, tuple[np.ndarray, ...]]
+    unseen: float  # share of test tokens absent from the vocabulary
+
+
+def prepare(config: TagConfig) -> Prepared:
+    """Read both files, hold out 10% of training sentences (seeded), build vocabularies, encode."""
+    sentences, test_sentences = read_sentences(config.train), read_sentences(config.test)
+    train_idx, valid_idx = data.split_indices(len(sentences), (0.9, 0.1), seed=config.seed)
+    train_words = [sentences[i][0] for i in train_idx]
+    vocab = data.Vocab.build(train_words, min_freq=config.min_freq)
+    tags = data.Vocab.build([t for _, t in sentences])
+    train_words = data.replace_rare(train_words, config.unk_max_count, config.unk_probability, seed=config.seed)
+
+    def split(words, tag_seqs):
+        word_ids, tag_ids, lengths = data.encode_tagged(words, tag_seqs, vocab, tags, config.max_length)
+        return word_ids, lengths, tag_ids
+
+    splits = {
+        "train": split(train_words, [sentences[i][1] for i in train_idx]),
+        "valid": split(*zip(*[sentences[i] for i in valid_idx], strict=True)),
+        "test": split(*zip(*test_sentences, strict=True)),
+    }
+    unseen = float(np.mean([w not in vocab for words, _ in test_sentences for w in words]))
+    return Prepared(vocab, tags, splits, unseen)
+
+
+def build_model(config: TagConfig, prepared: Prepared) -> GRUTagger:
+    return GRUTagger(len(prepared.vocab), config.embed_dim, config.hidden_size, config.num_layers, len(prepared.tags))
+
+
+def train(config: TagConfig, log=print) -> dict:
+    """Train, validate every epoch, test once; writes the run to `config.out`; returns metrics."""
+    started = time.perf_counter()
+    out = prepare_out(config)
+    prepared = prepare(config)
+    prepared.vocab.save(out / "vocab.json")
+    prepared.tags.save(out / "tags.json")
+    sizes = "/".join(str(len(s[0])) for s in prepared.splits.values())
+    log(f"train/valid/test sentences {sizes}; vocabulary {len(prepared.vocab)}, {len(prepared.tags)} tags;"
+        f" {prepared.unseen:.1%} of test tokens unseen")
+    model = build_model(config, prepared)
+    result, trainer = train_model(config, out, model, make_loss(model), FIELDS, prepared.splits["train"],
+                                  prepared.splits["valid"], log=log)
+    metrics = write_metrics(out, test_metrics(trainer, result.best_params, prepared, config.batch_size),
+                            result.history, started)
+    log(f"test token accuracy {metrics['token_accuracy']:.4f} (best validation parameters);"
+        f" {metrics['wall_seconds']:.0f} s; run saved in {out}")
+    return metrics
+
+
+def test_metrics(trainer, params, prepared: Prepared, batch_size: int) -> dict:
+    test = trainer.evaluate(params, split_batches(FIELDS, prepared.splits["test"], batch_size))
+    return {"token_accuracy": test["accuracy"], "test_loss": test["loss"]}
+
+
+def predict(model: GRUTagger, params, prepared: Prepared, config: TagConfig, texts: list[str]) -> list[str]:
+    """Space-separated UPOS tags for each whitespace-tokenised text."""
+    words = [text.lower().split() or ["<unk>"] for text in texts]
+    ids, lengths = data.encode_sequences(words, prepared.vocab, config.max_length)
+    tags = np.asarray(jnp.argmax(model.apply({"params": params}, ids, lengths), -1))
+    return [" ".join(prepared.tags.id_to_token(int(t)) for t in row[:n]) for row, n in zip(tags, lengths, strict=True)]
