@@ -2,7 +2,8 @@
 
 A `ModelCase` builds the PyTorch model with seeded weights, converts it with `from_torch`, and
 compares both on random token ids with an explicit mixed teacher-forcing schedule (some steps
-feed the true token, some the argmax), so that the greedy path is compared as well.
+feed the true token, some the argmax), so that the greedy path is compared as well. Float32
+cases also measure both frameworks against PyTorch in float64 (`parity/conditioning.py`).
 """
 
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch
 import flaxseq.seq2seq as fx
 import torch_ref.seq2seq as tr
 from parity.compare import Report, compare
+from parity.conditioning import conditioned_report
 from parity.convert import copy_rule, from_torch, torch_dtype
 
 SIZES = ("vocab_size", "embed_dim", "hidden_size", "num_layers")
@@ -49,27 +51,33 @@ class Inputs:
 
 # model name -> (case, numpy rng) -> Inputs; `parity/attention.py` adds its models.
 BUILDERS: dict[str, Callable] = {}
+# model name -> what `ModelCase.lengths` adds to its inputs, for the label.
+MASK_LABELS = {"Encoder": "src_lengths", "Seq2Seq": "src_lengths"}
 
 
 @dataclass(frozen=True)
 class ModelCase:
-    """One tutorial model, one dtype; `lengths` adds source lengths (and a source mask)."""
+    """One tutorial model, one dtype; `lengths` adds source lengths or a source mask (`MASK_LABELS`)."""
 
     model: str
     dtype: str = "float64"
     lengths: bool = False
 
     def label(self) -> str:
-        return self.model + " mixed schedule" * ("Seq2Seq" in self.model) + " src_lengths" * self.lengths
+        mask = f" {MASK_LABELS[self.model]}" if self.lengths else ""
+        return self.model + " mixed schedule" * ("Seq2Seq" in self.model) + mask
 
     def run(self, seed: int = 0) -> Report:
         torch.manual_seed(seed)
         inputs = BUILDERS[self.model](self, np.random.default_rng(seed))
         flax_module, variables = from_torch(inputs.torch_module)
-        return compare(
+        report = compare(
             inputs.torch_module, flax_module, variables, inputs.args, inputs.kwargs,
             output_names=inputs.output_names, input_names=inputs.input_names, seed=seed,
         )
+        if self.dtype == "float64":
+            return report
+        return conditioned_report(report, inputs.torch_module, flax_module, variables, inputs.args, inputs.kwargs, seed)
 
 
 def cast(module: torch.nn.Module, dtype: str) -> torch.nn.Module:
