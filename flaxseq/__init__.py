@@ -1,11 +1,14 @@
 """flaxseq: PyTorch's recurrent networks in JAX/Flax, with the same parameters and results."""
 
+from flaxseq.attention import Attention, AttnDecoder, Seq2SeqAttention
 from flaxseq.cells import GRUCell, LSTMCell, RNNCell
 from flaxseq.classifiers import BiLSTM, LSTMClassifier, PackedLSTM, TextClassifier
 from flaxseq.layers import GRU, LSTM, RNN
 from flaxseq.manual_rnn import ManualRNN, ManualRNNCell
+from flaxseq.seq2seq import Decoder, Encoder, Seq2Seq
 from flaxseq.tagger import GRUTagger
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 __all__ += ["BiLSTM", "GRUTagger", "LSTMClassifier", "ManualRNN", "ManualRNNCell", "PackedLSTM", "TextClassifier"]
+__all__ += ["Attention", "AttnDecoder", "Decoder", "Encoder", "Seq2Seq", "Seq2SeqAttention"]
 __version__ = "0.1.0"

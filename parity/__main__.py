@@ -15,7 +15,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
 
-from parity import classifiers, manual_rnn, tagger  # noqa: E402
+from parity import attention, classifiers, manual_rnn, seq2seq, tagger  # noqa: E402
 from parity.cases import cell_grid, layer_grid, representative_cases  # noqa: E402
 from parity.compare import TOLERANCES  # noqa: E402
 
@@ -24,6 +24,7 @@ def report_cases() -> list:
     """The default report: every layer and cell, then every model."""
     cases = representative_cases()
     cases += manual_rnn.model_cases() + classifiers.model_cases() + tagger.model_cases()
+    cases += seq2seq.seq2seq_cases() + attention.attention_cases()
     return cases
 
 
