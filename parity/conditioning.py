@@ -16,6 +16,7 @@ the tolerance; a wrong gradient fails both.
 """
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import jax
@@ -82,7 +83,8 @@ def conditioned_report(
         f"d{name}": (tensor_diff(name, torch32[name], value).rel, tensor_diff(name, flax32[name], value).rel)
         for name, value in truth.items()
     }
-    return ConditionedReport(report.dtype, report.outputs, report.gradients, report.output_dtypes, errors)
+    fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
+    return ConditionedReport(**fields, float64_errors=errors)
 
 
 def _is_float(leaf) -> bool:
