@@ -88,7 +88,9 @@ class Trainer:
         return self.loss_fn(params, batch, None)[1]
 
     def init_state(self, params) -> TrainState:
-        return jax.device_put(TrainState.create(params, self.tx), self.replicated)
+        """A new state, replicated over the devices; `params` are copied (the train step donates its state)."""
+        state = TrainState.create(jax.tree.map(jnp.array, params), self.tx)
+        return jax.device_put(state, self.replicated)
 
     def put(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Pad a batch to `batch_size` and shard it over the devices."""
