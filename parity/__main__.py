@@ -18,13 +18,15 @@ warnings.filterwarnings("ignore", "LSTM with projections is not supported with o
 from parity import attention, classifiers, manual_rnn, seq2seq, tagger  # noqa: E402
 from parity.cases import cell_grid, layer_grid, representative_cases  # noqa: E402
 from parity.compare import TOLERANCES  # noqa: E402
+from parity.lockstep import LockstepCase  # noqa: E402
 
 
 def report_cases() -> list:
-    """The default report: every layer and cell, then every model."""
+    """The default report: every layer and cell, every model, then lockstep training."""
     cases = representative_cases()
     cases += manual_rnn.model_cases() + classifiers.model_cases() + tagger.model_cases()
     cases += seq2seq.seq2seq_cases() + attention.attention_cases()
+    cases += [LockstepCase("float64"), LockstepCase("float32")]
     return cases
 
 
