@@ -7,8 +7,8 @@ parameters and no name to match. With `deterministic=False`, dropout draws from 
 `'dropout'` rng stream: `model.apply(variables, x, deterministic=False, rngs={'dropout': key})`.
 
 Token ids outside `[0, vocab_size)` raise `ValueError` where they are concrete. Under
-`jax.jit` they cannot be checked: their embedding rows are NaN, so the outputs of the
-sequences that hold them are NaN (never another token's values).
+`jax.jit` they cannot be checked: their embedding rows are NaN (never another token's values),
+so the logits of the sequences that hold them (within their lengths) are NaN.
 """
 
 import numbers
