@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flaxseq import checks
 from flaxseq.init import recurrent_uniform
 
-GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+GATE_COUNT = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
 class Weights(NamedTuple):
@@ -42,7 +42,7 @@ def create_weights(
 ) -> Weights:
     """Declare one cell's parameters on `module` under PyTorch's names (`weight_ih{suffix}`, ...)."""
     init = recurrent_uniform(hidden_size)
-    rows = GATES[mode] * hidden_size
+    rows = GATE_COUNT[mode] * hidden_size
     hidden_in = proj_size or hidden_size
 
     def param(name, shape):
@@ -62,62 +62,109 @@ def cast_weights(weights: Weights, dtype) -> Weights:
     return Weights(*(None if w is None else jnp.asarray(w, dtype) for w in weights))
 
 
+class StepWeights(NamedTuple):
+    """The weights the time loop reads at every step, matrices transposed once, before the loop.
+
+    XLA on CPU does not hoist `W_hh^T` out of a loop: a step computing `h @ W_hh.T` transposes
+    `W_hh` at every step (4.6x slower forward at batch 1). `step_weights` transposes once.
+    """
+
+    w_hh: jax.Array  # W_hh^T: [proj or hidden, gates * hidden]
+    b_hh: jax.Array | None  # [gates * hidden]
+    w_hr: jax.Array | None  # W_hr^T: [hidden, proj], LSTM with proj_size > 0 only
+
+
+def step_weights(weights: Weights) -> StepWeights:
+    """`weights` as the time loop reads them (see `StepWeights`)."""
+    return StepWeights(weights.w_hh.T, weights.b_hh, None if weights.w_hr is None else weights.w_hr.T)
+
+
 def input_projection(weights: Weights, x: jax.Array) -> jax.Array:
     """`x @ W_ih^T + b_ih`: `[..., input] -> [..., gates * hidden]`."""
     gx = x @ weights.w_ih.T
     return gx if weights.b_ih is None else gx + weights.b_ih
 
 
-def hidden_projection(weights: Weights, h: jax.Array) -> jax.Array:
+def hidden_projection(weights: StepWeights, h: jax.Array) -> jax.Array:
     """`h @ W_hh^T + b_hh`: `[batch, proj or hidden] -> [batch, gates * hidden]`."""
-    gh = h @ weights.w_hh.T
+    gh = h @ weights.w_hh
     return gh if weights.b_hh is None else gh + weights.b_hh
 
 
-def rnn_tanh_step(weights: Weights, h: jax.Array, gx: jax.Array):
+# The element-wise part of each step: `(h, state, gx, gh) -> (state', u)`, where `gx` and `gh`
+# are the input and hidden projections of this step, `state` is the LSTM's cell state (`()` for
+# the others) and `u` the new hidden state before the LSTM's projection. They hold no weights,
+# so the time loop can differentiate them alone (`flaxseq/recurrence.py`).
+
+
+def rnn_tanh_gates(h, state, gx, gh):
     """h' = tanh(W_ih x + b_ih + W_hh h + b_hh)."""
-    h = jnp.tanh(gx + hidden_projection(weights, h))
-    return h, h
+    return state, jnp.tanh(gx + gh)
 
 
-def rnn_relu_step(weights: Weights, h: jax.Array, gx: jax.Array):
+def rnn_relu_gates(h, state, gx, gh):
     """h' = relu(W_ih x + b_ih + W_hh h + b_hh)."""
-    h = jax.nn.relu(gx + hidden_projection(weights, h))
-    return h, h
+    return state, jax.nn.relu(gx + gh)
 
 
-def lstm_step(weights: Weights, carry: tuple, gx: jax.Array):
-    """PyTorch's LSTM step; carry `(h, c)`.
+def lstm_gates(h, c, gx, gh):
+    """PyTorch's LSTM step; returns `(c', o ⊙ tanh(c'))`.
 
     i = σ(W_ii x + b_ii + W_hi h + b_hi),  f = σ(W_if x + b_if + W_hf h + b_hf),
     g = tanh(W_ig x + b_ig + W_hg h + b_hg),  o = σ(W_io x + b_io + W_ho h + b_ho),
     c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh(c'),  and with `proj_size`: h' = W_hr h'.
     """
-    h, c = carry
-    i, f, g, o = jnp.split(gx + hidden_projection(weights, h), 4, axis=-1)
+    i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    if weights.w_hr is not None:
-        h = h @ weights.w_hr.T
-    return (h, c), h
+    return c, jax.nn.sigmoid(o) * jnp.tanh(c)
 
 
-def gru_step(weights: Weights, h: jax.Array, gx: jax.Array):
+def gru_gates(h, state, gx, gh):
     """PyTorch's GRU step (its documentation, not the reset-before-product variant).
 
     r = σ(W_ir x + b_ir + W_hr h + b_hr),  z = σ(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),  h' = (1 − z) ⊙ n + z ⊙ h.
     """
     x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(hidden_projection(weights, h), 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
     r = jax.nn.sigmoid(x_r + h_r)
     z = jax.nn.sigmoid(x_z + h_z)
     n = jnp.tanh(x_n + r * h_n)
-    h = (1 - z) * n + z * h
-    return h, h
+    return state, (1 - z) * n + z * h
 
 
-STEPS = {"RNN_TANH": rnn_tanh_step, "RNN_RELU": rnn_relu_step, "LSTM": lstm_step, "GRU": gru_step}
+GATES = {"RNN_TANH": rnn_tanh_gates, "RNN_RELU": rnn_relu_gates, "LSTM": lstm_gates, "GRU": gru_gates}
+
+
+def split_carry(mode: str, carry):
+    """A cell's carry (`h`, or `(h, c)` for the LSTM) as `(h, state)`, `state` `()` but for the LSTM."""
+    return carry if mode == "LSTM" else (carry, ())
+
+
+def join_carry(mode: str, h, state):
+    """The inverse of `split_carry`."""
+    return (h, state) if mode == "LSTM" else h
+
+
+def cell_step(mode: str, weights: StepWeights, carry, gx: jax.Array):
+    """One step of a cell: `(carry, gx) -> (carry', h')`, carry `h` or `(h, c)`."""
+    h, state = split_carry(mode, carry)
+    state, u = GATES[mode](h, state, gx, hidden_projection(weights, h))
+    h = u if weights.w_hr is None else u @ weights.w_hr
+    return join_carry(mode, h, state), h
+
+
+def _step(mode):
+    def step(weights: StepWeights, carry, gx):
+        return cell_step(mode, weights, carry, gx)
+
+    step.__name__ = step.__qualname__ = f"{mode.lower()}_step"
+    step.__doc__ = f"One {mode} step, `(weights, carry, gx) -> (carry', h')`; equations in `{GATES[mode].__name__}`."
+    return step
+
+
+STEPS = {mode: _step(mode) for mode in GATES}
+rnn_tanh_step, rnn_relu_step, lstm_step, gru_step = (STEPS[m] for m in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU"))
 
 
 def _prepare_cell_input(cell_name: str, input_size: int, input):
@@ -179,7 +226,7 @@ class _Cell(nn.Module):
         x = jnp.asarray(x, dtype)
         carry = jax.tree.map(lambda s: jnp.asarray(s, dtype), carry)
         weights = cast_weights(weights, dtype)
-        carry, _ = STEPS[mode](weights, carry, input_projection(weights, x))
+        carry, _ = cell_step(mode, step_weights(weights), carry, input_projection(weights, x))
         return jax.tree.map(lambda s: s if batched else s[0], carry)
 
 

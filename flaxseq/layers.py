@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxseq import checks
-from flaxseq.cells import STEPS, cast_weights, create_weights, input_projection
+from flaxseq.cells import GATES, cast_weights, create_weights, input_projection, join_carry, split_carry, step_weights
 from flaxseq.recurrence import scan_direction
 
 
@@ -122,7 +122,7 @@ class _Recurrent(nn.Module):
         carries = self._initial_states(hx, batch, batched, x.dtype)
         x = jnp.asarray(x, dtype)
         carries = jax.tree.map(lambda s: jnp.asarray(s, dtype), carries)
-        step = STEPS[self.mode]
+        gates = GATES[self.mode]
 
         finals = []
         for layer in range(self.num_layers):
@@ -131,9 +131,11 @@ class _Recurrent(nn.Module):
                 k = layer * directions + direction
                 w = cast_weights(weights[k], dtype)
                 gx = input_projection(w, x)  # [time, batch, gates * hidden]
-                ys, carry = scan_direction(step, w, gx, carries[k], lengths, reverse=direction == 1)
+                ys, (h, state) = scan_direction(
+                    gates, step_weights(w), gx, split_carry(self.mode, carries[k]), lengths, reverse=direction == 1
+                )
                 outputs.append(ys)  # [time, batch, output_size]
-                finals.append(carry)
+                finals.append(join_carry(self.mode, h, state))
             x = jnp.concatenate(outputs, axis=-1) if directions == 2 else outputs[0]
             if layer < self.num_layers - 1 and self.dropout > 0:
                 x = nn.Dropout(rate=self.dropout)(x, deterministic=deterministic)
@@ -207,7 +209,7 @@ class RNN(_Recurrent):
 
 
 class LSTM(_Recurrent):
-    """Long short-term memory, the twin of `torch.nn.LSTM` (equations: `flaxseq.cells.lstm_step`).
+    """Long short-term memory, the twin of `torch.nn.LSTM` (equations: `flaxseq.cells.lstm_gates`).
 
     Parameters, per layer k and direction: `weight_ih_l{k}: [4 * hidden, input]`,
     `weight_hh_l{k}: [4 * hidden, proj_size or hidden]`, `bias_ih_l{k}`, `bias_hh_l{k}:
@@ -235,7 +237,7 @@ class LSTM(_Recurrent):
 
 
 class GRU(_Recurrent):
-    """Gated recurrent unit, the twin of `torch.nn.GRU` (equations: `flaxseq.cells.gru_step`,
+    """Gated recurrent unit, the twin of `torch.nn.GRU` (equations: `flaxseq.cells.gru_gates`,
     which follow PyTorch's documentation: the reset gate multiplies `W_hn h + b_hn`).
 
     Parameters, per layer k and direction: `weight_ih_l{k}: [3 * hidden, input]`,

@@ -1,4 +1,4 @@
-"""The time loop: scan a cell's step over time, in either direction, with variable lengths.
+"""The time loop: scan a cell over time, in either direction, with variable lengths.
 
 This is the only place that loops over time. Layers call `scan_direction` once per layer and
 direction with the input projection of all time steps already computed.
@@ -9,12 +9,24 @@ the final carry is the state at its last valid step, and the reverse direction s
 sequence's own last element. Forward, a mask freezes the carry once `t >= length`; reverse,
 each sequence's valid prefix is reversed in place (an involution), scanned forward with the
 same mask, and reversed back.
+
+The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop only
+carries `dh`, `dc` and produces each step's gate gradients `dgh_t`, `dgx_t`; the weight
+gradients are then one matrix product each over all steps, `dW_hh = sum_t dgh_t^T h_{t-1}`
+(and `dW_ih = sum_t dgx_t^T x_t` by ordinary autodiff of the input projection outside). JAX's
+own transpose of `lax.scan` instead accumulates `dW_hh` inside the loop, one small product and
+a read and write of the whole `[gates * hidden, hidden]` accumulator per step. The element-wise
+gate functions (`flaxseq.cells.GATES`) are still differentiated by `jax.vjp`, step by step, so
+every cell shares this one loop.
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
+
+from flaxseq.cells import StepWeights
 
 
 def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
@@ -24,26 +36,31 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
 
 
 def scan_direction(
-    step: Callable, weights, gx: jax.Array, carry, lengths: jax.Array | None = None,
+    gates: Callable, weights: StepWeights, gx: jax.Array, carry, lengths: jax.Array | None = None,
     reverse: bool = False,
 ):
-    """Run `step(weights, carry, gx_t) -> (carry, y_t)` over the time axis of `gx`.
+    """Run one direction of one layer over the time axis of `gx`.
+
+    Each step is `gh = h @ W_hh^T + b_hh; (state, u) = gates(h, state, gx_t, gh); h = u @ W_hr^T`
+    (no projection unless `weights.w_hr`), and outputs `h`.
 
     Args:
-      step: a cell's step function (`flaxseq.cells.STEPS`).
-      weights: the cell's weights, passed to `step` unchanged.
+      gates: a cell's element-wise function (`flaxseq.cells.GATES`).
+      weights: `StepWeights` (`W_hh^T`, `b_hh`, `W_hr^T`).
       gx: input projections, `[time, batch, gates * hidden]`.
-      carry: initial state, a pytree of `[batch, ...]` arrays.
+      carry: initial `(h [batch, proj or hidden], state)`, `state` the LSTM's `c [batch, hidden]`
+        or `()`.
       lengths: `[batch]` integers, or None when every sequence fills the time axis. Values are
         clipped to [0, time]; a sequence of length 0 gives zero outputs and keeps its `carry`.
       reverse: run from each sequence's last valid step back to its first.
 
     Returns:
-      `(outputs [time, batch, out], final_carry)`; outputs stay in input time order.
+      `(outputs [time, batch, proj or hidden], final (h, state))`; outputs in input time order.
     """
+    h0, s0 = carry
     if lengths is None:
-        carry, ys = jax.lax.scan(lambda c, g: step(weights, c, g), carry, gx, reverse=reverse)
-        return ys, carry
+        ys, h, s = recurrence(gates, reverse, weights, gx, h0, s0, None)
+        return ys, (h, s)
 
     time_steps = gx.shape[0]
     lengths = jnp.clip(lengths, 0, time_steps)
@@ -51,15 +68,81 @@ def scan_direction(
     if reverse:
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1]
         gx = jnp.take_along_axis(gx, index, axis=0)
-
-    def masked_step(carry, inputs):
-        gx_t, valid = inputs  # [batch, gates * hidden], [batch]
-        new_carry, y = step(weights, carry, gx_t)
-        valid = valid[:, None]
-        carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
-        return carry, jnp.where(valid, y, jnp.zeros_like(y))
-
-    carry, ys = jax.lax.scan(masked_step, carry, (gx, mask))
+    ys, h, s = recurrence(gates, False, weights, gx, h0, s0, mask)
     if reverse:
         ys = jnp.take_along_axis(ys, index, axis=0)
-    return ys, carry
+    return ys, (h, s)
+
+
+def _select(mask, new, old):
+    """`new` where `mask` (`[batch]`, or None: everywhere), else `old`; any pytree of `[batch, ...]`."""
+    if mask is None:
+        return new
+    return jax.tree.map(lambda a, b: jnp.where(mask[:, None], a, b), new, old)
+
+
+def _forward(gates, reverse, weights: StepWeights, gx, h0, s0, mask, save: bool):
+    """The loop; with `save`, also the residuals of each step that the backward loop reads."""
+
+    def step(carry, inputs):
+        h, s = carry
+        gx_t, m = inputs  # [batch, gates * hidden], [batch] or None
+        gh = h @ weights.w_hh  # [batch, gates * hidden]
+        if weights.b_hh is not None:
+            gh = gh + weights.b_hh
+        s_new, u = gates(h, s, gx_t, gh)  # u: [batch, hidden]
+        h_new = u if weights.w_hr is None else u @ weights.w_hr
+        y = h_new if m is None else jnp.where(m[:, None], h_new, jnp.zeros_like(h_new))
+        h_new, s_new = _select(m, (h_new, s_new), (h, s))
+        residuals = (h, s, gh, u if weights.w_hr is not None else ()) if save else ()
+        return (h_new, s_new), (y, residuals)
+
+    (h, s), (ys, residuals) = jax.lax.scan(step, (h0, s0), (gx, mask), reverse=reverse)
+    return ys, h, s, residuals
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def recurrence(gates, reverse, weights: StepWeights, gx, h0, s0, mask):
+    """`(ys [time, batch, out], h_T, state_T)` of the loop in `scan_direction`, with a hand-written
+    gradient (module docstring). `mask`: `[time, batch]` booleans (False: skip the step) or None."""
+    ys, h, s, _ = _forward(gates, reverse, weights, gx, h0, s0, mask, save=False)
+    return ys, h, s
+
+
+def _recurrence_fwd(gates, reverse, weights, gx, h0, s0, mask):
+    ys, h, s, residuals = _forward(gates, reverse, weights, gx, h0, s0, mask, save=True)
+    return (ys, h, s), (weights, gx, mask, residuals)
+
+
+def _recurrence_bwd(gates, reverse, saved, cotangents):
+    weights, gx, mask, (hs, ss, ghs, us) = saved  # hs: h_{t-1} [time, batch, proj or hidden], ...
+    dys, dh, ds = cotangents
+    w_hh = weights.w_hh.T  # [gates * hidden, proj or hidden], transposed once, outside the loop
+    w_hr = None if weights.w_hr is None else weights.w_hr.T  # [proj, hidden]
+
+    def step(carry, inputs):
+        dh, ds = carry  # gradients of h_t and state_t
+        gx_t, gh_t, h, s, dy, m = inputs
+        dh_total = dh + dy  # h_t is both the output and the next step's input
+        du = dh_total if w_hr is None else dh_total @ w_hr
+        _, gates_vjp = jax.vjp(gates, h, s, gx_t, gh_t)
+        dh_prev, ds_prev, dgx, dgh = gates_vjp((ds, du))
+        dh_prev = dh_prev + dgh @ w_hh
+        zero = jnp.zeros_like
+        dh_prev, ds_prev = _select(m, (dh_prev, ds_prev), (dh, ds))  # a skipped step passes them on
+        dgx, dgh, dh_total = _select(m, (dgx, dgh, dh_total), (zero(dgx), zero(dgh), zero(dh_total)))
+        return (dh_prev, ds_prev), (dgx, dgh, dh_total if w_hr is not None else ())
+
+    (dh0, ds0), (dgx, dgh, dh_totals) = jax.lax.scan(
+        step, (dh, ds), (gx, ghs, hs, ss, dys, mask), reverse=not reverse
+    )
+    # the weight gradients: one matrix product each, over all time steps and the batch
+    d_weights = StepWeights(
+        w_hh=jnp.einsum("tbi,tbg->ig", hs, dgh),  # [proj or hidden, gates * hidden]
+        b_hh=None if weights.b_hh is None else dgh.sum(axis=(0, 1)),
+        w_hr=None if weights.w_hr is None else jnp.einsum("tbh,tbp->hp", us, dh_totals),
+    )
+    return d_weights, dgx, dh0, ds0, None
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
