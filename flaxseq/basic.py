@@ -76,7 +76,7 @@ class Embedding(nn.Module):
     def __call__(self, ids) -> jax.Array:
         checks.check_x64(self.param_dtype)
         ids = check_ids("ids", ids, self.num_embeddings)
-        table = self.param("embedding", self._init, (self.num_embeddings, self.features), self.param_dtype)
+        table = jnp.asarray(self.param("embedding", self._init, (self.num_embeddings, self.features), self.param_dtype))
         if self.padding_idx is not None:
             table = table.at[self.padding_idx].set(jax.lax.stop_gradient(table[self.padding_idx]))
         table = jnp.asarray(table, self.dtype or table.dtype)

@@ -109,15 +109,16 @@ def train(config: ClassifyConfig, log=print) -> dict:
     model = build_model(config, prepared)
     result, trainer = train_model(config, out, model, make_loss(model), FIELDS, prepared.splits["train"],
                                   prepared.splits["valid"], log=log)
-    metrics = test_metrics(trainer, result.best_params, prepared, config.batch_size)
+    metrics = test_metrics(trainer, model, result.best_params, prepared, config)
     metrics = write_metrics(out, metrics, result.history, started)
     log(f"test accuracy {metrics['test_accuracy']:.4f} (best validation parameters);"
         f" {metrics['wall_seconds']:.0f} s; run saved in {out}")
     return metrics
 
 
-def test_metrics(trainer, params, prepared: Prepared, batch_size: int) -> dict:
-    test = trainer.evaluate(params, split_batches(FIELDS, prepared.splits["test"], batch_size))
+def test_metrics(trainer, model, params, prepared: Prepared, config) -> dict:
+    """Metrics of `params` on the test split."""
+    test = trainer.evaluate(params, split_batches(FIELDS, prepared.splits["test"], config.batch_size))
     return {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
 
 

@@ -11,6 +11,7 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from flaxseq.checkpoint import load_checkpoint
 from flaxseq.optim import adam_with_clipping
@@ -32,7 +33,7 @@ class SavedRun:
         """The test metrics of the best parameters, computed again."""
         loss_fn = self.task.make_loss(self.model)
         trainer = Trainer(loss_fn, adam_with_clipping(), self.config.batch_size, jax.devices()[:1])
-        return self.task.test_metrics(trainer, self.params, self.prepared, self.config.batch_size)
+        return self.task.test_metrics(trainer, self.model, self.params, self.prepared, self.config)
 
     def predict(self, texts: list[str]) -> list[str]:
         return self.task.predict(self.model, self.params, self.prepared, self.config, texts)
@@ -56,7 +57,7 @@ def load_run(folder: pathlib.Path) -> SavedRun:
     tx = adam_with_clipping(config.learning_rate, config.max_norm, config.clip)
     template = {"state": TrainState.create(params, tx), "best_params": params}
     arrays, _ = load_checkpoint(folder / CHECKPOINT_DIR, template)
-    return SavedRun(task, config, prepared, model, arrays["best_params"])
+    return SavedRun(task, config, prepared, model, jax.tree.map(jnp.asarray, arrays["best_params"]))
 
 
 def export(run: SavedRun, path: pathlib.Path) -> None:

@@ -1,0 +1,187 @@
+"""Grapheme-to-phoneme: `Seq2SeqAttention` on the CMU Pronouncing Dictionary.
+
+Words (letters) in, phonemes (stress stripped) out. Words are split, seeded, into training,
+validation and test words; validation and test decode greedily (`generate`) and score the
+phoneme error rate = total edit distance / total reference phonemes, and word accuracy (the
+share of words whose phonemes are all right).
+"""
+
+import dataclasses
+import functools
+import time
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxseq import data
+from flaxseq.attention import AttnDecoder, Seq2SeqAttention
+from flaxseq.seq2seq import Encoder
+from flaxseq.tasks.run import RunConfig, prepare_out, split_batches, train_model, write_metrics
+
+FIELDS = ("src", "src_lengths", "trg")
+
+
+@dataclasses.dataclass
+class Seq2SeqConfig(RunConfig):
+    task: typing.ClassVar[str] = "seq2seq"
+
+    max_words: int = 0  # 0: every word of the dictionary
+    valid_fraction: float = 0.02
+    test_fraction: float = 0.05
+    max_length: int = 24  # letters per word, and phonemes per word with <sos> and <eos>
+    embed_dim: int = 64
+    hidden_size: int = 192
+    num_layers: int = 1
+    teacher_forcing_ratio: float = 1.0
+    out: str = "runs/seq2seq"
+    epochs: int = 6
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Letter and phoneme vocabularies, the splits `(src, src_lengths, trg)` and their words."""
+
+    letters: data.Vocab
+    phonemes: data.Vocab
+    splits: dict[str, tuple[np.ndarray, ...]]
+    words: dict[str, list[str]]
+    references: dict[str, list[list[str]]]
+
+
+def prepare(config: Seq2SeqConfig) -> Prepared:
+    entries = [(w, p) for w, p in data.load_cmudict() if w.isalpha() and len(w) <= config.max_length]
+    if config.max_words:
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(entries))[: config.max_words])
+        entries = [entries[i] for i in keep]
+    valid, test = config.valid_fraction, config.test_fraction
+    names = ("train", "valid", "test")
+    indices = dict(zip(names, data.split_indices(len(entries), (1 - valid - test, valid, test), seed=config.seed),
+                       strict=True))
+    letters = data.Vocab.build([list(w) for w, _ in entries])
+    phonemes = data.Vocab.build([p for _, p in entries], specials=(data.SOS, data.EOS))
+
+    def split(index):
+        src, src_lengths = data.encode_sequences([list(entries[i][0]) for i in index], letters, config.max_length)
+        trg, _ = data.encode_sequences([entries[i][1] for i in index], phonemes, config.max_length, sos=True, eos=True)
+        return src, src_lengths, trg
+
+    return Prepared(
+        letters, phonemes, {name: split(index) for name, index in indices.items()},
+        {name: [entries[i][0] for i in index] for name, index in indices.items()},
+        {name: [entries[i][1] for i in index] for name, index in indices.items()},
+    )
+
+
+def build_model(config: Seq2SeqConfig, prepared: Prepared) -> Seq2SeqAttention:
+    encoder = Encoder(len(prepared.letters), config.embed_dim, config.hidden_size, config.num_layers)
+    decoder = AttnDecoder(len(prepared.phonemes), config.embed_dim, config.hidden_size, config.num_layers)
+    return Seq2SeqAttention(encoder, decoder)
+
+
+def make_loss(model: Seq2SeqAttention, teacher_forcing_ratio: float = 1.0):
+    """`(params, batch, key) -> (loss, sums)`: cross-entropy over the real target tokens after `<sos>`.
+
+    Training draws the teacher-forcing schedule from the key; evaluation forces every step.
+    """
+
+    def loss_fn(params, batch, key):
+        if key is None:
+            ratio, rngs = 1.0, {}
+        else:
+            ratio, rngs = teacher_forcing_ratio, {"teacher": jax.random.fold_in(key, 1), "dropout": key}
+        logits = model.apply({"params": params}, batch["src"], batch["trg"], ratio, src_lengths=batch["src_lengths"],
+                             deterministic=key is None, rngs=rngs)[:, 1:]
+        targets = batch["trg"][:, 1:]
+        mask = (targets != data.PAD_ID) * batch["weight"][:, None]
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * mask
+        correct = (jnp.argmax(logits, -1) == targets) * mask
+        count = jnp.sum(mask)
+        return jnp.sum(losses) / jnp.maximum(count, 1), {
+            "loss_sum": jnp.sum(losses), "correct": jnp.sum(correct), "count": count,
+        }
+
+    return loss_fn
+
+
+def edit_distance(a: list, b: list) -> int:
+    """Levenshtein distance between two sequences."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def decode(model, params, prepared: Prepared, src, src_lengths, max_len: int, batch_size: int) -> list[list[str]]:
+    """Greedy phonemes for each source row (up to `<eos>`)."""
+    sos, eos = prepared.phonemes.token_to_id(data.SOS), prepared.phonemes.token_to_id(data.EOS)
+    generate = _generator(model, max_len, sos, eos)
+    results = []
+    for start in range(0, len(src), batch_size):
+        tokens, lengths = generate(params, src[start : start + batch_size], src_lengths[start : start + batch_size])
+        for row, n in zip(np.asarray(tokens), np.asarray(lengths), strict=True):
+            ids = [int(t) for t in row[:n] if t != eos]
+            results.append(prepared.phonemes.decode(ids))
+    return results
+
+
+@functools.lru_cache(maxsize=8)
+def _generator(model, max_len: int, sos: int, eos: int):
+    return jax.jit(lambda params, src, src_lengths: model.apply(
+        {"params": params}, src, max_len, sos, eos, src_lengths=src_lengths, method="generate"))
+
+
+def score(model, params, prepared: Prepared, split: str, config: Seq2SeqConfig) -> dict:
+    """Phoneme error rate and word accuracy of greedy decoding on one split."""
+    src, src_lengths, _ = prepared.splits[split]
+    hypotheses = decode(model, params, prepared, src, src_lengths, config.max_length, config.batch_size)
+    references = prepared.references[split]
+    errors = sum(edit_distance(h, r) for h, r in zip(hypotheses, references, strict=True))
+    per = errors / sum(len(r) for r in references)
+    words = np.mean([h == r for h, r in zip(hypotheses, references, strict=True)])
+    return {"phoneme_error_rate": per, "word_accuracy": float(words), "phoneme_accuracy": 1 - per}
+
+
+def test_metrics(trainer, model, params, prepared: Prepared, config: Seq2SeqConfig) -> dict:
+    """Greedy-decoding metrics of `params` on the test split."""
+    test = score(model, params, prepared, "test", config)
+    return {"phoneme_error_rate": test["phoneme_error_rate"], "word_accuracy": test["word_accuracy"]}
+
+
+def train(config: Seq2SeqConfig, log=print) -> dict:
+    """Train, validate (greedy decoding) every epoch, test once; returns the metrics."""
+    started = time.perf_counter()
+    out = prepare_out(config)
+    prepared = prepare(config)
+    prepared.letters.save(out / "letters.json")
+    prepared.phonemes.save(out / "phonemes.json")
+    sizes = "/".join(str(len(s[0])) for s in prepared.splits.values())
+    log(f"train/valid/test words {sizes}; {len(prepared.letters)} letters, {len(prepared.phonemes)} phonemes")
+    model = build_model(config, prepared)
+
+    def validate(trainer, params):
+        losses = trainer.evaluate(params, split_batches(FIELDS, prepared.splits["valid"], config.batch_size))
+        return {**losses, **score(model, params, prepared, "valid", config)}
+
+    result, _ = train_model(config, out, model, make_loss(model, config.teacher_forcing_ratio), FIELDS,
+                            prepared.splits["train"], prepared.splits["valid"], score="phoneme_accuracy",
+                            validate=validate, log=log)
+    metrics = write_metrics(out, test_metrics(None, model, result.best_params, prepared, config), result.history,
+                            started)
+    log(f"test phoneme error rate {metrics['phoneme_error_rate']:.4f}, word accuracy {metrics['word_accuracy']:.4f};"
+        f" {metrics['wall_seconds']:.0f} s; run saved in {out}")
+    return metrics
+
+
+def predict(model, params, prepared: Prepared, config: Seq2SeqConfig, words: list[str]) -> list[str]:
+    """Space-separated phonemes for each word."""
+    src, src_lengths = data.encode_sequences([list(w.lower()) or ["<unk>"] for w in words], prepared.letters,
+                                             config.max_length)
+    return [" ".join(p) for p in decode(model, params, prepared, src, src_lengths, config.max_length,
+                                        config.batch_size)]

@@ -1,0 +1,117 @@
+"""The `flaxseq` command on small data: train, resume, evaluate, predict, export."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import torch_ref
+from flaxseq.cli import main
+from flaxseq.tasks import saved
+
+SMALL = ["--epochs", "2", "--batch-size", "4", "--embed-dim", "4", "--hidden-size", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def news_folder(tmp_path_factory):
+    """Three classes of short texts, each class with its own words."""
+    root = tmp_path_factory.mktemp("news")
+    rng = np.random.default_rng(0)
+    words = {"sport": ["goal", "match", "team", "win"], "tech": ["chip", "code", "data", "web"],
+             "arts": ["film", "song", "stage", "book"]}
+    for label, vocab in words.items():
+        (root / label).mkdir()
+        for i in range(10):
+            text = " ".join(rng.choice(vocab + ["the", "a"], size=rng.integers(3, 9)))
+            (root / label / f"{i}.txt").write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def classify_run(news_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "classify"
+    assert main(["train", "classify", "--data", str(news_folder), "--out", str(out), "--max-length", "8", *SMALL]) == 0
+    return out
+
+
+def test_train_writes_the_run(classify_run):
+    metrics = json.loads((classify_run / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["wall_seconds"] > 0
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert (classify_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (classify_run / "checkpoint" / "state.msgpack").exists()
+    assert json.loads((classify_run / "config.json").read_text())["task"] == "classify"
+
+
+def test_a_fresh_run_will_not_overwrite_a_run(classify_run, news_folder):
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        main(["train", "classify", "--data", str(news_folder), "--out", str(classify_run), *SMALL])
+
+
+def test_evaluate_repeats_the_test_metrics(classify_run, capsys):
+    assert main(["evaluate", str(classify_run)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["test_accuracy"] == json.loads((classify_run / "metrics.json").read_text())["test_accuracy"]
+
+
+def test_predict_gives_class_names(classify_run, capsys):
+    assert main(["predict", str(classify_run), "goal match team", "chip code data"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["goal match team", "chip code data"]
+    assert all(line.split("\t")[1] in {"sport", "tech", "arts"} for line in lines)
+
+
+def test_export_loads_into_the_torch_twin(classify_run, tmp_path):
+    path = tmp_path / "model.pt"
+    assert main(["export", str(classify_run), str(path)]) == 0
+    run = saved.load_run(classify_run)
+    config = run.config
+    twin = torch_ref.TextClassifier(len(run.prepared.vocab), config.embed_dim, config.hidden_size, config.num_layers,
+                                    len(run.prepared.classes), dropout=config.dropout)
+    twin.load_state_dict(torch.load(path), strict=True)
+    twin.eval()
+    ids, lengths, _ = run.prepared.splits["test"]
+    flax_logits = run.model.apply({"params": run.params}, ids, lengths)
+    torch_logits = twin(torch.from_numpy(ids).long(), torch.from_numpy(lengths).long()).detach().numpy()
+    np.testing.assert_allclose(flax_logits, torch_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_continues_to_more_epochs(news_folder, tmp_path):
+    out = str(tmp_path / "run")
+    args = ["train", "classify", "--data", str(news_folder), "--out", out, "--max-length", "8", *SMALL]
+    assert main(args) == 0
+    assert main([*args, "--resume", "--epochs", "3"]) == 0
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_tagging_on_conllu(tmp_path, capsys):
+    sentence = "# text = x\n1\tThe\tthe\tDET\t_\t_\t0\t_\t_\t_\n2\tdog\tdog\tNOUN\t_\t_\t0\t_\t_\t_\n" \
+               "3\truns\trun\tVERB\t_\t_\t0\t_\t_\t_\n\n"
+    for name in ("train", "test"):
+        (tmp_path / f"{name}.conllu").write_text(sentence * 12)
+    out = tmp_path / "tag"
+    assert main(["train", "tag", "--train", str(tmp_path / "train.conllu"), "--test", str(tmp_path / "test.conllu"),
+                 "--out", str(out), *SMALL, "--epochs", "3", "--learning-rate", "0.05"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["token_accuracy"] == 1.0
+    capsys.readouterr()
+    main(["predict", str(out), "the dog runs"])
+    assert capsys.readouterr().out.strip().split("\t")[1] == "DET NOUN VERB"
+
+
+def test_help_lists_options_with_defaults():
+    result = subprocess.run([sys.executable, "-m", "flaxseq", "train", "classify", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0
+    assert "--max-length INT" in result.stdout and "(default: 200)" in result.stdout
+    assert "--resume, --no-resume" in result.stdout
+
+
+def test_missing_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a run folder: config.json is missing"):
+        main(["evaluate", str(tmp_path)])
+
