@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxseq import checks
+from flaxseq import checks, cudnn
 from flaxseq.cells import GATES, cast_weights, create_weights, input_projection, join_carry, split_carry, step_weights
 from flaxseq.recurrence import scan_direction
 
@@ -125,7 +125,15 @@ class _Recurrent(nn.Module):
         gates = GATES[self.mode]
 
         finals = []
-        for layer in range(self.num_layers):
+        if getattr(self, "use_cudnn", False):
+            cudnn.check_call(dropout=self.dropout, deterministic=deterministic, dtype=dtype)
+            h0 = jnp.stack([h for h, _ in carries])  # [layers * directions, batch, hidden]
+            c0 = jnp.stack([c for _, c in carries])
+            x, (h_n, c_n) = cudnn.lstm(
+                [cast_weights(w, dtype) for w in weights], x, h0, c0, lengths, self.num_layers, self.bidirectional
+            )
+            finals = list(zip(h_n, c_n, strict=True))
+        for layer in range(0 if finals else self.num_layers):
             outputs = []
             for direction in range(directions):
                 k = layer * directions + direction
@@ -214,6 +222,10 @@ class LSTM(_Recurrent):
     Parameters, per layer k and direction: `weight_ih_l{k}: [4 * hidden, input]`,
     `weight_hh_l{k}: [4 * hidden, proj_size or hidden]`, `bias_ih_l{k}`, `bias_hh_l{k}:
     [4 * hidden]` (gates i, f, g, o), and with `proj_size > 0` `weight_hr_l{k}: [proj_size, hidden]`.
+
+    `use_cudnn=True` runs the whole stack as one cuDNN call on an NVIDIA GPU
+    (`flaxseq.cudnn`), with the same parameters: no `proj_size`, no dropout while training,
+    float32; anything else raises `ValueError`.
     """ + _CALL_DOC.format(
         hx_doc="a tuple `(h_0, c_0)`, `h_0: [num_layers * num_directions, batch, proj_size or "
         "hidden_size]`, `c_0: [num_layers * num_directions, batch, hidden_size]`.",
@@ -234,6 +246,12 @@ class LSTM(_Recurrent):
     proj_size: int = 0
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    use_cudnn: bool = False
+
+    def __post_init__(self):
+        if self.use_cudnn:
+            cudnn.check_config(self.proj_size)
+        super().__post_init__()
 
 
 class GRU(_Recurrent):

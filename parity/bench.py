@@ -8,7 +8,8 @@ rounds so that both frameworks see the same machine load:
   `torch.optim.Adam`, both lr 1e-3), the flaxseq step jitted with its state donated.
 
 Columns: `torch.compile` where it compiles (skipped with a note when it fails or takes longer
-than `--compile-limit`), and on plain LSTM rows flax's own `nn.RNN(nn.OptimizedLSTMCell)` stack.
+than `--compile-limit`); on LSTM rows without projection flax's own `nn.RNN(nn.OptimizedLSTMCell)`
+stack, and on GPU `flaxseq.LSTM(use_cudnn=True)` (`flaxseq-cudnn`, the same weights).
 Per row and pass: median, min and max per call over the rounds, compile time, tokens per second,
 peak memory and the ratio to PyTorch eager (below 1: flaxseq is faster). Memory: for JAX the
 compiled step's `memory_analysis()` (temporaries plus outputs not aliased to inputs); for PyTorch
@@ -429,6 +430,12 @@ def run_row(row: Row, args) -> dict:
 
     columns = {"flaxseq": jax_runners(w.flax_apply, w.variables["params"], w.jax_args, w.targets, w.jax_loss)}
     columns["torch"] = torch_runners(w.torch_module, w.torch_call, w.torch_args, torch_targets, w.torch_loss, sync)
+    if row.kind == "LSTM" and not row.proj_size and args.device == "gpu":
+        cudnn_module = w.flax_module.clone(use_cudnn=True)
+        columns["flaxseq-cudnn"] = jax_runners(
+            lambda p, *a: cudnn_module.apply({"params": p}, *a), w.variables["params"], w.jax_args, w.targets,
+            w.jax_loss,
+        )
     if row.kind == "LSTM" and not row.proj_size:
         stack, stack_vars = flax_lstm_stack(row)
         columns["flax"] = jax_runners(

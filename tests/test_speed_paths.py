@@ -1,0 +1,134 @@
+"""The fast paths: the recurrence's hand-written gradient and the cuDNN LSTM.
+
+The gradient is checked against JAX's own differentiation of the same loop (float64, every mode,
+lengths and directions); the cuDNN path's weight packing against `jax.experimental.rnn.lstm_ref`
+on any machine, and the path itself against PyTorch where a GPU exists.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import flaxseq
+import flaxseq.recurrence as recurrence
+import parity
+from flaxseq import cudnn
+from flaxseq.cells import Weights
+from parity.cases import LayerCase
+from parity.compare import compare
+from parity.layers import torch_forward
+
+GPU = jax.default_backend() == "gpu"
+
+
+def _autodiff_recurrence(gates, reverse, weights, gx, h0, s0, mask):
+    ys, h, s, _ = recurrence._forward(gates, reverse, weights, gx, h0, s0, mask, save=False)
+    return ys, h, s
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU", "LSTM", "LSTM_PROJ", "GRU"])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_custom_gradient_equals_autodiff(mode, lengths, monkeypatch):
+    bias = not lengths  # both settings of each, in fewer compilations
+    kind, _, act = mode.partition("_")
+    extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
+    module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, bias=bias, param_dtype=jnp.float64, **extra)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((6, 3, 4)))
+    kwargs = {"lengths": jnp.asarray([6, 1, 4])} if lengths else {}
+    variables = module.init(jax.random.key(0), x)
+    weights = [jnp.asarray(rng.standard_normal(o.shape)) for o in jax.tree.leaves(module.apply(variables, x))]
+
+    def loss(params, x):
+        outputs = jax.tree.leaves(module.apply({"params": params}, x, **kwargs))
+        return sum(jnp.sum(w * o) for w, o in zip(weights, outputs, strict=True))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    custom = grad(variables["params"], x)
+    monkeypatch.setattr(recurrence, "recurrence", _autodiff_recurrence)
+    reference = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+    for a, b in zip(jax.tree.leaves(custom), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_forward_only_matches_under_jit_and_grad():
+    """The primal (no residuals) and the forward of the differentiated loop agree."""
+    module = flaxseq.LSTM(4, 5, bidirectional=True, param_dtype=jnp.float64)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((6, 3, 4)))
+    variables = module.init(jax.random.key(0), x)
+    out = module.apply(variables, x)[0]
+    out_vjp, _ = jax.vjp(lambda v: module.apply(v, x)[0], variables)
+    np.testing.assert_array_equal(out, out_vjp)
+
+
+# ---------------------------------------------------------------------------------------------
+# cuDNN path
+
+
+def _lstm_weights(module, variables) -> list[Weights]:
+    params = variables["params"]
+    names = [f"_l{k}" + s for k in range(module.num_layers) for s in ("", "_reverse")[: module.num_directions]]
+    return [
+        Weights(params[f"weight_ih{n}"], params[f"weight_hh{n}"], params.get(f"bias_ih{n}"),
+                params.get(f"bias_hh{n}"), None)
+        for n in names
+    ]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cudnn_packing_against_lstm_ref(bidirectional, bias):
+    """cuDNN's layout, checked with JAX's pure reference of it: same outputs and final states."""
+    from jax.experimental import rnn
+
+    module = flaxseq.LSTM(4, 5, 2, bias=bias, batch_first=True, bidirectional=bidirectional, param_dtype=jnp.float64)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((3, 6, 4)))
+    count = 2 * module.num_directions
+    h0, c0 = (jnp.asarray(rng.standard_normal((count, 3, 5))) for _ in range(2))
+    lengths = jnp.asarray([6, 2, 4], jnp.int32)
+    variables = module.init(jax.random.key(0), x)
+    packed = cudnn.pack_weights(_lstm_weights(module, variables))
+    assert packed.shape == (rnn.get_num_params_in_lstm(4, 5, 2, bidirectional),)
+    w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(packed, 4, 5, 2, bidirectional)
+    y, h_n, c_n = rnn.lstm_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, 4, 5, 2, 0.0, bidirectional)
+    out, (h, c) = module.apply(variables, x, (h0, c0), lengths=lengths)
+    for a, b in ((out, y), (h, h_n), (c, c_n)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_cudnn_errors():
+    with pytest.raises(ValueError, match="does not support proj_size > 0, got proj_size=2"):
+        flaxseq.LSTM(3, 4, proj_size=2, use_cudnn=True)
+    x = jnp.zeros((2, 5, 3), jnp.float32)
+    if not GPU:
+        with pytest.raises(ValueError, match="needs JAX's CUDA backend"):
+            flaxseq.LSTM(3, 4, use_cudnn=True).init(jax.random.key(0), x)
+    module = flaxseq.LSTM(3, 4, 2, dropout=0.5, use_cudnn=True)
+    with pytest.raises(ValueError, match="does not apply dropout between layers; got dropout=0.5"):
+        module.init(jax.random.key(0), x, deterministic=False)
+    with pytest.raises(ValueError, match="float32 only, got dtype float64"):
+        flaxseq.LSTM(3, 4, use_cudnn=True, param_dtype=jnp.float64).init(jax.random.key(0), x.astype(jnp.float64))
+
+
+@pytest.mark.skipif(not GPU, reason="the cuDNN path needs a CUDA GPU")
+@pytest.mark.parametrize("case", [
+    LayerCase("LSTM", num_layers=2, bidirectional=True, batch_first=True, hx=True, lengths=True, dtype="float32"),
+    LayerCase("LSTM", num_layers=1, batch_first=False, hx=False, dtype="float32", bias=False),
+    LayerCase("LSTM", num_layers=3, bidirectional=True, lengths=True, dtype="float32", batch=16, time=20,
+              input_size=32, hidden_size=64),
+], ids=lambda c: c.label())
+def test_cudnn_parity(case):
+    """`use_cudnn=True` against PyTorch (on the CPU, float32, TF32 off for JAX): outputs and gradients."""
+    torch.manual_seed(3)
+    torch_module = case.torch_module()
+    flax_module, variables = parity.from_torch(torch_module)
+    args, kwargs, input_names = case.inputs(np.random.default_rng(3))
+    with jax.default_matmul_precision("highest"):
+        report = compare(
+            torch_module, flax_module.clone(use_cudnn=True), variables, args, kwargs, torch_call=torch_forward,
+            output_names=case.output_names(), input_names=input_names, seed=3,
+        )
+    assert report.passed, "\n".join(report.failures())
