@@ -25,6 +25,7 @@ HELP = {
     "learning_rate": "Adam's learning rate",
     "max_norm": "gradient clipping: largest global gradient norm",
     "clip": "clipping rule: 'optax' (clip_by_global_norm) or 'torch' (clip_grad_norm_, + 1e-6)",
+    "cosine_decay": "decay the learning rate to 0 along a cosine over all epochs",
     "seed": "seed of splits, initialisation, shuffling and dropout",
     "resume": "continue the run in --out from its last checkpoint",
     "progress": "show a progress bar",

@@ -37,13 +37,16 @@ def clip_grad_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
 
 def adam_with_clipping(
-    learning_rate: float = 1e-3, max_norm: float | None = 1.0, clipping: str = "optax"
+    learning_rate: float = 1e-3, max_norm: float | None = 1.0, clipping: str = "optax", decay_steps: int = 0,
 ) -> optax.GradientTransformation:
     """`optax.chain(clip(max_norm), adam(learning_rate))`, PyTorch's Adam defaults (betas 0.9,
     0.999, eps 1e-8). `clipping` is 'optax' (`clip_by_global_norm`) or 'torch'
-    (`clip_grad_norm_torch`); `max_norm=None` clips nothing."""
+    (`clip_grad_norm_torch`); `max_norm=None` clips nothing. With `decay_steps > 0` the learning
+    rate follows a cosine from `learning_rate` down to 0 over that many steps."""
     if clipping not in CLIPPING:
         raise ValueError(f"clipping must be one of {CLIPPING}, got {clipping!r}")
+    if decay_steps:
+        learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps)
     adam = optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
     if max_norm is None:
         return adam

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import flaxseq.train
 import torch_ref
 from flaxseq.cli import main
 from flaxseq.tasks import saved
@@ -79,13 +80,31 @@ def test_export_loads_into_the_torch_twin(classify_run, tmp_path):
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=1e-5, atol=1e-6)
 
 
-def test_resume_continues_to_more_epochs(news_folder, tmp_path):
-    out = str(tmp_path / "run")
-    args = ["train", "classify", "--data", str(news_folder), "--out", out, "--max-length", "8", *SMALL]
-    assert main(args) == 0
-    assert main([*args, "--resume", "--epochs", "3"]) == 0
-    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(news_folder, tmp_path, monkeypatch):
+    def args(out):
+        return ["train", "classify", "--data", str(news_folder), "--out", str(tmp_path / out), "--max-length", "8",
+                *SMALL, "--epochs", "3"]
+
+    assert main(args("whole")) == 0
+    epochs_run = []
+    original = flaxseq.train.run_epoch
+
+    def interrupted(*a, **k):
+        if len(epochs_run) == 2:
+            raise KeyboardInterrupt
+        epochs_run.append(k["epoch"])
+        return original(*a, **k)
+
+    monkeypatch.setattr(flaxseq.train, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(args("parts"))
+    monkeypatch.setattr(flaxseq.train, "run_epoch", original)
+    with pytest.raises(ValueError, match="epochs: checkpoint has 3, this run has 4"):
+        main([*args("parts"), "--resume", "--epochs", "4"])
+    assert main([*args("parts"), "--resume"]) == 0
+    whole, parts = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "parts"))
+    assert [h["train_loss"] for h in parts["history"]] == [h["train_loss"] for h in whole["history"]]
+    assert parts["test_accuracy"] == whole["test_accuracy"] and parts["test_loss"] == whole["test_loss"]
 
 
 def test_tagging_on_conllu(tmp_path, capsys):

@@ -26,6 +26,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     max_norm: float = 1.0
     clip: str = "optax"
+    cosine_decay: bool = True
     seed: int = 0
     resume: bool = False
     progress: bool = True
@@ -35,7 +36,7 @@ class RunConfig:
 
 def model_config(config) -> dict:
     """The fields that define the model and data (a resumed run must match them)."""
-    skip = {"out", "resume", "progress", "epochs"}
+    skip = {"out", "resume", "progress"}
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
@@ -88,6 +89,12 @@ def split_batches(fields: tuple[str, ...], split: tuple[np.ndarray, ...], batch_
         yield dict(zip(fields, (a[start : start + batch_size] for a in split), strict=True))
 
 
+def optimizer(config: RunConfig, steps_per_epoch: int):
+    """Adam with clipping; with `cosine_decay`, the learning rate decays to 0 over all epochs."""
+    decay_steps = config.epochs * steps_per_epoch if config.cosine_decay else 0
+    return adam_with_clipping(config.learning_rate, config.max_norm, config.clip, decay_steps)
+
+
 def train_model(
     config: RunConfig, out: pathlib.Path, model, loss_fn, fields: tuple[str, ...],
     train_split: tuple[np.ndarray, ...], valid_split: tuple[np.ndarray, ...], *, score: str = "accuracy",
@@ -101,9 +108,8 @@ def train_model(
     """
     example = [a[:1] for a in train_split[:-1]]
     params = model.init(jax.random.key(config.seed), *example)["params"]
-    trainer = Trainer(loss_fn, adam_with_clipping(config.learning_rate, config.max_norm, config.clip),
-                      config.batch_size)
     batches = BatchIterator(*train_split, batch_size=config.batch_size, seed=config.seed)
+    trainer = Trainer(loss_fn, optimizer(config, len(batches)), config.batch_size)
     if validate is None:
         def validate(trainer, params):
             return trainer.evaluate(params, split_batches(fields, valid_split, config.batch_size))

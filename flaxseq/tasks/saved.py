@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from flaxseq.checkpoint import load_checkpoint
 from flaxseq.optim import adam_with_clipping
-from flaxseq.tasks.run import CHECKPOINT_DIR
+from flaxseq.tasks.run import CHECKPOINT_DIR, optimizer
 from flaxseq.train import Trainer, TrainState
 
 TASKS = ("classify", "tag", "seq2seq")
@@ -54,7 +54,7 @@ def load_run(folder: pathlib.Path) -> SavedRun:
     model = task.build_model(config, prepared)
     example = [a[:1] for a in prepared.splits["train"][:-1]]
     params = model.init(jax.random.key(config.seed), *example)["params"]
-    tx = adam_with_clipping(config.learning_rate, config.max_norm, config.clip)
+    tx = optimizer(config, 1)  # the structure of the optimizer state, which is all the template needs
     template = {"state": TrainState.create(params, tx), "best_params": params}
     arrays, _ = load_checkpoint(folder / CHECKPOINT_DIR, template)
     return SavedRun(task, config, prepared, model, jax.tree.map(jnp.asarray, arrays["best_params"]))
