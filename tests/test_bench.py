@@ -1,0 +1,73 @@
+"""`python -m parity.bench` runs: every kind of row at tiny sizes, the table, JSON and chart.
+
+A benchmark is not a test: nothing here checks a time.
+"""
+
+import dataclasses
+import json
+
+import pytest
+
+from parity import bench
+
+TINY = dict(batch=2, time=3, input_size=4, hidden_size=6, budget=0.01)
+
+
+def tiny(row: bench.Row) -> bench.Row:
+    sizes = {**TINY, "proj_size": 3 if row.proj_size else 0}
+    if row.extra:
+        extra = {k: min(v, 7) for k, v in row.extra.items()}
+        extra["hidden_size"] = extra["embed_size"] = 6
+        sizes["extra"] = extra
+        sizes.pop("input_size")
+    return dataclasses.replace(row, **sizes)
+
+
+@pytest.fixture
+def tiny_rows(monkeypatch):
+    monkeypatch.setattr(bench, "ROWS", [tiny(r) for r in bench.ROWS])
+    return [r.name for r in bench.ROWS]
+
+
+def test_every_row_runs(tiny_rows, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "bench.json"
+    png = tmp_path / "bench.png"
+    argv = ["--rows", *tiny_rows, "--no-torch-compile", "--no-memory", "--json", str(out), "--png", str(png)]
+    assert bench.main(argv) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [r["row"] for r in records] == tiny_rows
+    for record in records:
+        assert set(record["passes"]) == set(bench.PASSES), record["notes"]
+        for result in record["passes"].values():
+            columns = set(result)
+            assert {"flaxseq", "torch"} <= columns
+            if record["config"]["kind"] == "LSTM" and not record["config"]["proj_size"]:
+                assert "flax" in columns
+            assert result["torch"]["ratio"] == 1.0
+            for r in result.values():
+                assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["rounds"] >= 3
+            assert result["flaxseq"]["memory_mb"] is not None
+    assert png.stat().st_size > 0
+
+
+def test_torch_compile_column_or_note(tiny_rows, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--rows", "toy-gru", "--passes", "forward", "--no-memory", "--compile-limit", "600", "--json", str(out)]
+    assert bench.main(argv) == 0
+    record = json.loads(out.read_text())["records"][0]
+    assert "torch.compile" in record["passes"]["forward"] or any("torch.compile" in n for n in record["notes"])
+
+
+def test_torch_memory_child():
+    row = next(r for r in bench.ROWS if r.name == "toy-lstm")
+    memory = bench.torch_memory_subprocess(row, "float32")
+    assert set(memory) == set(bench.PASSES) and all(v >= 0 for v in memory.values()), memory
+
+
+def test_list_and_unknown_rows(capsys):
+    assert bench.main(["--list", "--quick"]) == 0
+    listed = capsys.readouterr().out
+    assert all(r.name in listed for r in bench.ROWS if r.quick)
+    with pytest.raises(SystemExit, match="unknown rows"):
+        bench.main(["--rows", "no-such-row"])
