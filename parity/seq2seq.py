@@ -57,7 +57,10 @@ MASK_LABELS = {"Encoder": "src_lengths", "Seq2Seq": "src_lengths"}
 
 @dataclass(frozen=True)
 class ModelCase:
-    """One tutorial model, one dtype; `lengths` adds source lengths or a source mask (`MASK_LABELS`)."""
+    """One tutorial model, one dtype; `lengths` adds source lengths or a source mask (`MASK_LABELS`).
+
+    The seq2seq models run the mixed teacher-forcing schedule (`MIXED_SCHEDULE`, "mixed").
+    """
 
     model: str
     dtype: str = "float64"
@@ -65,7 +68,7 @@ class ModelCase:
 
     def label(self) -> str:
         mask = f" {MASK_LABELS[self.model]}" if self.lengths else ""
-        return self.model + " mixed schedule" * ("Seq2Seq" in self.model) + mask
+        return self.model + " mixed" * ("Seq2Seq" in self.model) + mask
 
     def run(self, seed: int = 0) -> Report:
         torch.manual_seed(seed)

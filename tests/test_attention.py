@@ -33,8 +33,15 @@ def test_parity(case):
             assert torch_error > 1e-6 and flax_error <= 10 * torch_error
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", ["Attention", "AttnDecoder", "Seq2SeqAttention"])
+# float32 round trips of the parts; the whole model's in float64
+ROUND_TRIPS = [
+    (name, dtype)
+    for name in ("Attention", "AttnDecoder", "Seq2SeqAttention")
+    for dtype in (torch.float64, torch.float32)
+]
+
+
+@pytest.mark.parametrize("name, dtype", [c for c in ROUND_TRIPS if c != ("Seq2SeqAttention", torch.float32)])
 def test_round_trips(name, dtype):
     check_round_trips(name, dtype)
 
