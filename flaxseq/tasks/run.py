@@ -26,7 +26,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     max_norm: float = 1.0
     clip: str = "optax"
-    cosine_decay: bool = True
+    cosine_decay: bool = False
     seed: int = 0
     resume: bool = False
     progress: bool = True
