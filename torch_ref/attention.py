@@ -103,10 +103,10 @@ class Seq2SeqAttention(nn.Module):
 
         return outputs
 
-    def decode_step(self, input, state, context):
-        """One step: `input [batch, 1]` -> `(logits [batch, vocab], state)`."""
+    def decode_step(self, state, input, context):
+        """One step: `input [batch, 1]` token ids -> `(state, logits [batch, vocab])`."""
         output, hidden, cell, _ = self.decoder(input, *state, *context)
-        return output, (hidden, cell)
+        return (hidden, cell), output
 
     @torch.no_grad()
     def generate(self, src, max_len, sos_id, eos_id=None, src_mask=None, src_lengths=None):

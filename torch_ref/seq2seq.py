@@ -91,10 +91,10 @@ class Seq2Seq(nn.Module):
 
         return outputs
 
-    def decode_step(self, input, state, context):
-        """One step: `input [batch, 1]` -> `(logits [batch, vocab], state)`."""
+    def decode_step(self, state, input, context):
+        """One step: `input [batch, 1]` token ids -> `(state, logits [batch, vocab])`."""
         output, hidden, cell = self.decoder(input, *state)
-        return output.squeeze(1), (hidden, cell)
+        return (hidden, cell), output.squeeze(1)
 
     @torch.no_grad()
     def generate(self, src, max_len, sos_id, eos_id=None, src_lengths=None):
@@ -132,7 +132,7 @@ def greedy_decode(model, state, batch_size, max_len, sos_id, eos_id, context):
     done = torch.zeros(batch_size, dtype=torch.bool)
     input = torch.full((batch_size, 1), sos_id, dtype=torch.long)
     for t in range(max_len):
-        logits, state = model.decode_step(input, state, context)
+        state, logits = model.decode_step(state, input, context)
         top1 = logits.argmax(1)
         if eos_id is not None:
             top1 = top1.masked_fill(done, eos_id)
