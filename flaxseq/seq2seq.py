@@ -125,7 +125,7 @@ class Seq2Seq(nn.Module):
         for the whole batch, from the `'teacher'` rng stream (0 and 1 need no rng).
       teacher_forcing: optional boolean `[trg_len - 1]` schedule that replaces the draw: entry
         t - 1 decides the input after step t (`trg[:, t]` if True, else the argmax of step t's
-        logits). The last entry is drawn but unused, as in the tutorial's loop.
+        logits). The last entry is unused (the tutorial's loop draws it too).
       src_lengths: optional `[batch]` source lengths for the encoder.
 
     Returns `outputs: [batch, trg_len, vocab_size]` logits; `outputs[:, 0]` stays zero.
