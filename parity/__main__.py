@@ -47,14 +47,15 @@ def main(argv=None) -> int:
     for case in cases:
         report = case.run(seed=args.seed)
         grad = report.worst_gradient
-        problems = report.failures()
+        problems, notes = report.failures(), report.notes()
         failed += bool(problems)
+        result = "FAIL" if problems else ("pass*" if notes else "pass")
         print(
             f"{case.label():<44} {case.dtype:<8} {report.worst_output.rel:>11.1e} {grad.rel:>10.1e} "
-            f"{max(d.max_abs for d in report.gradients):>10.1e}  {'pass' if not problems else 'FAIL'}"
+            f"{max(d.max_abs for d in report.gradients):>10.1e}  {result}"
         )
-        for problem in problems:
-            print(f"    {problem}")
+        for line in problems + notes:
+            print(f"    {line}")
     limits = ", ".join(
         f"{dt}: rel <= {r:.0e}" + (f", abs <= {a:.0e}" if a else "") for dt, (r, a) in TOLERANCES.items()
     )

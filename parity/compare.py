@@ -71,6 +71,10 @@ class Report:
         bad += [f"output dtype {dt}, expected {self.dtype}" for dt in self.output_dtypes if dt != self.dtype]
         return bad
 
+    def notes(self) -> list[str]:
+        """Remarks on a passing comparison that the report should show (none by default)."""
+        return []
+
     @property
     def passed(self) -> bool:
         return not self.failures()

@@ -46,6 +46,16 @@ class ConditionedReport(Report):
         excused = set(self.as_accurate_as_torch())
         return [problem for problem in super().failures() if problem.split(":")[0] not in excused]
 
+    def notes(self) -> list[str]:
+        """The gradients that pass only by the float64 rule, with both frameworks' errors."""
+        excused = set(self.as_accurate_as_torch())
+        return [
+            f"{problem}; against PyTorch's float64: flaxseq {self.float64_errors[name][1]:.1e}, "
+            f"PyTorch float32 {self.float64_errors[name][0]:.1e} (ill-conditioned, see parity/conditioning.py)"
+            for problem in Report.failures(self)
+            if (name := problem.split(":")[0]) in excused
+        ]
+
 
 def conditioned_report(
     report: Report, torch_module: torch.nn.Module, flax_module, variables, args: tuple, kwargs: dict, seed: int
