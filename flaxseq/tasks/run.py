@@ -95,19 +95,21 @@ def optimizer(config: RunConfig, steps_per_epoch: int):
     return adam_with_clipping(config.learning_rate, config.max_norm, config.clip, decay_steps)
 
 
+def init_params(model, split: tuple[np.ndarray, ...], seed: int):
+    """`model`'s parameters from `seed`, initialised on the split's first example (inputs are all
+    arrays but the last, the targets)."""
+    return model.init(jax.random.key(seed), *(a[:1] for a in split[:-1]))["params"]
+
+
 def train_model(
     config: RunConfig, out: pathlib.Path, model, loss_fn, fields: tuple[str, ...],
     train_split: tuple[np.ndarray, ...], valid_split: tuple[np.ndarray, ...], *, score: str = "accuracy",
-    validate=None, log=print,
+    validate=None, init=init_params, log=print,
 ) -> tuple[FitResult, Trainer]:
-    """Initialise `model` from the seed, then `fit` it on `train_split`, validating on `valid_split`.
-
-    `model.init` receives the first training example's arrays (all fields but the last, the
-    targets). `validate(trainer, params)` overrides the default validation (the loss function's
-    loss and accuracy).
-    """
-    example = [a[:1] for a in train_split[:-1]]
-    params = model.init(jax.random.key(config.seed), *example)["params"]
+    """Initialise `model` (`init(model, train_split, seed)`), then `fit` it on `train_split`,
+    validating on `valid_split`. `validate(trainer, params)` overrides the default validation
+    (the loss function's loss and accuracy)."""
+    params = init(model, train_split, config.seed)
     batches = BatchIterator(*train_split, batch_size=config.batch_size, seed=config.seed)
     trainer = Trainer(loss_fn, optimizer(config, len(batches)), config.batch_size)
     if validate is None:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from flaxseq.checkpoint import load_checkpoint
 from flaxseq.optim import adam_with_clipping
-from flaxseq.tasks.run import CHECKPOINT_DIR, optimizer
+from flaxseq.tasks.run import CHECKPOINT_DIR, init_params, optimizer
 from flaxseq.train import Trainer, TrainState
 
 TASKS = ("classify", "tag", "seq2seq")
@@ -52,8 +52,7 @@ def load_run(folder: pathlib.Path) -> SavedRun:
     config = config_type(**saved)
     prepared = task.prepare(config)
     model = task.build_model(config, prepared)
-    example = [a[:1] for a in prepared.splits["train"][:-1]]
-    params = model.init(jax.random.key(config.seed), *example)["params"]
+    params = getattr(task, "init_params", init_params)(model, prepared.splits["train"], config.seed)
     tx = optimizer(config, 1)  # the structure of the optimizer state, which is all the template needs
     template = {"state": TrainState.create(params, tx), "best_params": params}
     arrays, _ = load_checkpoint(folder / CHECKPOINT_DIR, template)

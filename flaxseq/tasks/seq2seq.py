@@ -83,6 +83,11 @@ def build_model(config: Seq2SeqConfig, prepared: Prepared) -> Seq2SeqAttention:
     return Seq2SeqAttention(encoder, decoder)
 
 
+def init_params(model: Seq2SeqAttention, split: tuple[np.ndarray, ...], seed: int):
+    src, src_lengths, trg = (a[:1] for a in split)
+    return model.init(jax.random.key(seed), src, trg, 1.0, src_lengths=src_lengths)["params"]
+
+
 def make_loss(model: Seq2SeqAttention, teacher_forcing_ratio: float = 1.0):
     """`(params, batch, key) -> (loss, sums)`: cross-entropy over the real target tokens after `<sos>`.
 
@@ -171,7 +176,7 @@ def train(config: Seq2SeqConfig, log=print) -> dict:
 
     result, _ = train_model(config, out, model, make_loss(model, config.teacher_forcing_ratio), FIELDS,
                             prepared.splits["train"], prepared.splits["valid"], score="phoneme_accuracy",
-                            validate=validate, log=log)
+                            validate=validate, init=init_params, log=log)
     metrics = write_metrics(out, test_metrics(None, model, result.best_params, prepared, config), result.history,
                             started)
     log(f"test phoneme error rate {metrics['phoneme_error_rate']:.4f}, word accuracy {metrics['word_accuracy']:.4f};"
