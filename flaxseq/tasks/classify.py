@@ -28,14 +28,15 @@ class ClassifyConfig(RunConfig):
     task: typing.ClassVar[str] = "classify"
     data: str | None = None  # None: BBC News
     max_length: int = 200
-    min_freq: int = 2
+    min_freq: int = 3
     max_vocab: int = 30_000
     embed_dim: int = 64
     hidden_size: int = 64
-    num_layers: int = 1
+    num_layers: int = 2
     dropout: float = 0.5
     out: str = "runs/classify"
-    epochs: int = 12
+    epochs: int = 25
+    learning_rate: float = 3e-3
 
 
 def load_texts(source: str | None) -> tuple[list[str], list[str]]:
