@@ -13,10 +13,13 @@ $(INSTALLED): pyproject.toml constraints.txt
 	touch $(INSTALLED)
 
 run: $(INSTALLED)  # the main job: train the text classifier on BBC News
-	$(VENV)/bin/flaxseq train classify
+	$(VENV)/bin/flaxseq train classify --overwrite
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
 test: lint
 	$(PY) -m pytest -q
+
+parity: $(INSTALLED)  # the parity report: every layer, cell and model against PyTorch
+	$(PY) -m parity

@@ -28,6 +28,7 @@ HELP = {
     "cosine_decay": "decay the learning rate to 0 along a cosine over all epochs",
     "seed": "seed of splits, initialisation, shuffling and dropout",
     "resume": "continue the run in --out from its last checkpoint",
+    "overwrite": "start afresh in --out even if it holds a run",
     "progress": "show a progress bar",
     "data": "a folder of <class>/<file>.txt or a TSV/CSV of text and label (default: BBC News)",
     "max_length": "tokens kept per example (longer ones are truncated)",

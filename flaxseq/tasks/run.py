@@ -29,6 +29,7 @@ class RunConfig:
     cosine_decay: bool = False
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
 
     task: typing.ClassVar[str] = ""
@@ -36,7 +37,7 @@ class RunConfig:
 
 def model_config(config) -> dict:
     """The fields that define the model and data (a resumed run must match them)."""
-    skip = {"out", "resume", "progress"}
+    skip = {"out", "resume", "overwrite", "progress"}
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
@@ -45,8 +46,15 @@ def prepare_out(config) -> pathlib.Path:
     from flaxseq.checkpoint import has_checkpoint
 
     out = pathlib.Path(config.out)
-    if not config.resume and has_checkpoint(out / CHECKPOINT_DIR):
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if config.resume and config.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if not (config.resume or config.overwrite) and has_checkpoint(out / CHECKPOINT_DIR):
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it, --overwrite to start again, or another --out"
+        )
+    if config.overwrite:
+        for name in (CHECKPOINT_DIR + "/state.msgpack", CHECKPOINT_DIR + "/meta.json", "metrics.json"):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"task": config.task, **dataclasses.asdict(config)}, indent=1))
     return out
