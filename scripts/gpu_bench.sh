@@ -27,12 +27,12 @@ PY
 
 echo "== parity on GPU (JAX on the GPU, PyTorch's reference on the CPU; cuDNN path against PyTorch on CUDA)"
 start=$SECONDS
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_speed_paths.py tests/test_layer_parity.py \
+timeout 140 $PY -m pytest -q -p no:cacheprovider tests/test_speed_paths.py tests/test_layer_parity.py \
     -k "speed_paths or report_cases" > "$OUT/parity.txt" 2>&1
 echo "pytest exit $? in $((SECONDS - start)) s"; tail -n 15 "$OUT/parity.txt"
 
 echo "== benchmark: quick rows, float32, TF32 off on both sides"
 start=$SECONDS
-timeout 210 $PY -m parity.bench --gpu --quick --no-torch-compile \
+timeout 190 $PY -m parity.bench --gpu --quick --no-torch-compile --budget-scale 0.5 \
     --json "$OUT/bench.json" --png "$OUT/bench.png" > "$OUT/bench.txt" 2>&1
 echo "bench exit $? in $((SECONDS - start)) s"; tail -n 45 "$OUT/bench.txt"
