@@ -40,6 +40,7 @@ HELP = {
     "dropout": "dropout probability",
     "train": "CoNLL-U training file (10%% held out for validation)",
     "test": "CoNLL-U test file",
+    "lowercase": "lowercase the words",
     "unk_max_count": "training words seen at most this often may be replaced by <unk>",
     "unk_probability": "probability of that replacement",
 }

@@ -3,8 +3,9 @@
 By default it trains on Universal Dependencies English-EWT's dev file and tests on its test
 file, as found under `shared/data/ud-english-ewt/` beside the repository (`--train`, `--test`
 choose others). 10% of the training sentences (seeded) are held out for validation. Words are
-lowercased; rare training words are replaced by `<unk>` at random so that the unknown-word
-embedding is learned. Token accuracy counts real tokens only (padding never counts).
+lowercased (unless `--no-lowercase`); at every step, rare training words are replaced by
+`<unk>` at random so that the unknown-word embedding is learned. Token accuracy counts real
+tokens only (padding never counts).
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ import pathlib
 import time
 import typing
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -30,6 +32,7 @@ class TagConfig(RunConfig):
     train: str = str(EWT / "en_ewt-ud-dev.conllu")
     test: str = str(EWT / "en_ewt-ud-test.conllu")
     max_length: int = 64
+    lowercase: bool = True
     min_freq: int = 1
     unk_max_count: int = 1
     unk_probability: float = 0.5
@@ -40,18 +43,28 @@ class TagConfig(RunConfig):
     epochs: int = 12
 
 
-def read_sentences(path: str) -> list[tuple[list[str], list[str]]]:
+def read_sentences(path: str, lowercase: bool) -> list[tuple[list[str], list[str]]]:
     if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"no CoNLL-U file at {path}")
-    return [([w.lower() for w in words], tags) for words, tags in data.read_conllu(path)]
+    return [([w.lower() for w in words] if lowercase else words, tags) for words, tags in data.read_conllu(path)]
 
 
-def make_loss(model: GRUTagger):
-    """`(params, batch, key) -> (loss, sums)`: cross-entropy averaged over real tokens."""
+def make_loss(model: GRUTagger, rare: np.ndarray | None = None, unk_probability: float = 0.0):
+    """`(params, batch, key) -> (loss, sums)`: cross-entropy averaged over real tokens.
+
+    In training (a key is given), each occurrence of a rare word (`rare[id]`, `[vocab]` bool)
+    becomes `<unk>` with probability `unk_probability`, drawn afresh at every step, so that the
+    `<unk>` embedding learns what unseen words look like in context.
+    """
 
     def loss_fn(params, batch, key):
-        rngs = {} if key is None else {"dropout": key}
-        logits = model.apply({"params": params}, batch["ids"], batch["lengths"], deterministic=key is None, rngs=rngs)
+        ids, rngs = batch["ids"], {}
+        if key is not None:
+            rngs = {"dropout": key}
+            if rare is not None and unk_probability > 0:
+                draw = jax.random.uniform(jax.random.fold_in(key, 1), ids.shape) < unk_probability
+                ids = jnp.where(jnp.asarray(rare)[ids] & draw, data.UNK_ID, ids)
+        logits = model.apply({"params": params}, ids, batch["lengths"], deterministic=key is None, rngs=rngs)
         time_steps = batch["ids"].shape[1]
         mask = (jnp.arange(time_steps)[None, :] < batch["lengths"][:, None]) * batch["weight"][:, None]
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tags"]) * mask
@@ -72,16 +85,19 @@ class Prepared:
     tags: data.Vocab
     splits: dict[str, tuple[np.ndarray, ...]]
     unseen: float  # share of test tokens absent from the vocabulary
+    rare: np.ndarray  # [vocab] bool: words seen at most `unk_max_count` times in training
 
 
 def prepare(config: TagConfig) -> Prepared:
     """Read both files, hold out 10% of training sentences (seeded), build vocabularies, encode."""
-    sentences, test_sentences = read_sentences(config.train), read_sentences(config.test)
+    sentences = read_sentences(config.train, config.lowercase)
+    test_sentences = read_sentences(config.test, config.lowercase)
     train_idx, valid_idx = data.split_indices(len(sentences), (0.9, 0.1), seed=config.seed)
     train_words = [sentences[i][0] for i in train_idx]
     vocab = data.Vocab.build(train_words, min_freq=config.min_freq)
     tags = data.Vocab.build([t for _, t in sentences])
-    train_words = data.replace_rare(train_words, config.unk_max_count, config.unk_probability, seed=config.seed)
+    counts = data.count_tokens(train_words)
+    rare = np.array([0 < counts[token] <= config.unk_max_count for token in vocab.tokens])
 
     def split(words, tag_seqs):
         word_ids, tag_ids, lengths = data.encode_tagged(words, tag_seqs, vocab, tags, config.max_length)
@@ -93,7 +109,7 @@ def prepare(config: TagConfig) -> Prepared:
         "test": split(*zip(*test_sentences, strict=True)),
     }
     unseen = float(np.mean([w not in vocab for words, _ in test_sentences for w in words]))
-    return Prepared(vocab, tags, splits, unseen)
+    return Prepared(vocab, tags, splits, unseen, rare)
 
 
 def build_model(config: TagConfig, prepared: Prepared) -> GRUTagger:
@@ -111,7 +127,8 @@ def train(config: TagConfig, log=print) -> dict:
     log(f"train/valid/test sentences {sizes}; vocabulary {len(prepared.vocab)}, {len(prepared.tags)} tags;"
         f" {prepared.unseen:.1%} of test tokens unseen")
     model = build_model(config, prepared)
-    result, trainer = train_model(config, out, model, make_loss(model), FIELDS, prepared.splits["train"],
+    loss_fn = make_loss(model, prepared.rare, config.unk_probability)
+    result, trainer = train_model(config, out, model, loss_fn, FIELDS, prepared.splits["train"],
                                   prepared.splits["valid"], log=log)
     metrics = write_metrics(out, test_metrics(trainer, model, result.best_params, prepared, config),
                             result.history, started)
@@ -128,7 +145,7 @@ def test_metrics(trainer, model, params, prepared: Prepared, config) -> dict:
 
 def predict(model: GRUTagger, params, prepared: Prepared, config: TagConfig, texts: list[str]) -> list[str]:
     """Space-separated UPOS tags for each whitespace-tokenised text."""
-    words = [text.lower().split() or ["<unk>"] for text in texts]
+    words = [(text.lower() if config.lowercase else text).split() or ["<unk>"] for text in texts]
     ids, lengths = data.encode_sequences(words, prepared.vocab, config.max_length)
     tags = np.asarray(jnp.argmax(model.apply({"params": params}, ids, lengths), -1))
     return [" ".join(prepared.tags.id_to_token(int(t)) for t in row[:n]) for row, n in zip(tags, lengths, strict=True)]
