@@ -77,12 +77,25 @@ def lstm(
     else:
         seq_lengths = jnp.clip(lengths, 1, time_steps).astype(jnp.int32)
     y, h_n, c_n = rnn.lstm(
-        jnp.swapaxes(x, 0, 1), h0, c0, pack_weights(weights), seq_lengths,
+        _materialized(jnp.swapaxes(x, 0, 1)), h0, c0, pack_weights(weights), seq_lengths,
         input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=0.0,
         bidirectional=bidirectional,
     )  # y: [batch, time, num_directions * hidden]
-    y = jnp.swapaxes(y, 0, 1)
+    y = jnp.swapaxes(_materialized(y), 0, 1)
     if lengths is not None:
         valid = jnp.arange(time_steps)[:, None] < seq_lengths[None, :]  # [time, batch]
         y = jnp.where(valid[:, :, None], y, jnp.zeros_like(y))
     return y, (h_n, c_n)
+
+
+def _materialized(a: jax.Array) -> jax.Array:
+    """`a`, made to reach the cuDNN call in its own row-major layout, in both passes.
+
+    Under `jit`, XLA may hand `jax.experimental.rnn.lstm` a transposed operand (the swap of time
+    and batch axes) as a layout rather than a copy, which the cuDNN call then reads in the wrong
+    order (wrong outputs and gradients whenever the layer's input is time-major; eager runs were
+    right). Flattening to 2-D behind an optimization barrier forces a real copy; the barrier's
+    transpose does the same for the gradient flowing back.
+    """
+    flat = jax.lax.optimization_barrier(a.reshape(-1, a.shape[-1]))
+    return flat.reshape(a.shape)
