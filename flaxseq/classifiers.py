@@ -12,7 +12,7 @@ so the logits of the sequences that hold them (within their lengths) are NaN.
 """
 
 import numbers
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -102,18 +102,24 @@ class LSTMClassifier(_Classifier):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    padding_idx: ClassVar[int | None] = None
+
+    def lstm_dropout(self) -> float:
+        """Dropout between the LSTM's layers, as the tutorial passes it."""
+        return self.dropout if self.num_layers > 1 else 0
+
     @nn.compact
     def __call__(self, x, lengths=None, *, deterministic: bool = True) -> jax.Array:
         x = check_tokens(x, self.vocab_size)
         dropout = nn.Dropout(self.dropout)
         embedded = Embedding(
-            self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="embedding"
+            self.vocab_size, self.embed_dim, padding_idx=self.padding_idx, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="embedding",
         )(x)  # [batch, time, embed_dim]
         embedded = dropout(embedded, deterministic=deterministic)
         lstm = LSTM(
-            self.embed_dim, self.hidden_size, self.num_layers, batch_first=True,
-            dropout=self.dropout if self.num_layers > 1 else 0, bidirectional=True,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="lstm",
+            self.embed_dim, self.hidden_size, self.num_layers, batch_first=True, dropout=self.lstm_dropout(),
+            bidirectional=True, dtype=self.dtype, param_dtype=self.param_dtype, name="lstm",
         )
         _, (hidden, _) = lstm(embedded, lengths=lengths, deterministic=deterministic)
         hidden = jnp.concatenate((hidden[-2], hidden[-1]), axis=1)  # [batch, 2 * hidden_size]
@@ -121,7 +127,7 @@ class LSTMClassifier(_Classifier):
         return fc(dropout(hidden, deterministic=deterministic))
 
 
-class TextClassifier(_Classifier):
+class TextClassifier(LSTMClassifier):
     """The complete example's classifier: `LSTMClassifier` with a padding token and the LSTM's
     `dropout` between layers whatever `num_layers` (as in PyTorch, a warning when it is 1).
 
@@ -133,32 +139,10 @@ class TextClassifier(_Classifier):
     >>> logits = model.apply(variables, jnp.array([[2, 3, 0], [3, 2, 2]]), lengths=jnp.array([2, 3]))  # [2, 2]
     """
 
-    vocab_size: int
-    embed_dim: int
-    hidden_size: int
-    num_layers: int
-    num_classes: int
-    dropout: float = 0.5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
+    padding_idx: ClassVar[int | None] = 0
 
-    @nn.compact
-    def __call__(self, x, lengths=None, *, deterministic: bool = True) -> jax.Array:
-        x = check_tokens(x, self.vocab_size)
-        dropout = nn.Dropout(self.dropout)
-        embedded = Embedding(
-            self.vocab_size, self.embed_dim, padding_idx=0, dtype=self.dtype, param_dtype=self.param_dtype,
-            name="embedding",
-        )(x)  # [batch, time, embed_dim]
-        embedded = dropout(embedded, deterministic=deterministic)
-        lstm = LSTM(
-            self.embed_dim, self.hidden_size, self.num_layers, batch_first=True, bidirectional=True,
-            dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype, name="lstm",
-        )
-        _, (hidden, _) = lstm(embedded, lengths=lengths, deterministic=deterministic)
-        hidden = jnp.concatenate((hidden[-2], hidden[-1]), axis=1)  # [batch, 2 * hidden_size]
-        fc = Linear(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")
-        return fc(dropout(hidden, deterministic=deterministic))
+    def lstm_dropout(self) -> float:
+        return self.dropout
 
 
 class BiLSTM(_Classifier):
