@@ -40,7 +40,8 @@ class TagConfig(RunConfig):
     hidden_size: int = 128
     num_layers: int = 1
     out: str = "runs/tag"
-    epochs: int = 12
+    epochs: int = 20
+    learning_rate: float = 2e-3
 
 
 def read_sentences(path: str, lowercase: bool) -> list[tuple[list[str], list[str]]]:
