@@ -41,8 +41,9 @@ HELP = {
     "train": "CoNLL-U training file (10%% held out for validation)",
     "test": "CoNLL-U test file",
     "lowercase": "lowercase the words",
-    "unk_max_count": "training words seen at most this often may be replaced by <unk>",
+    "unk_max_count": "training words seen at most this often may be replaced by their shape or <unk>",
     "unk_probability": "probability of that replacement",
+    "unk_shapes": "encode unknown words by their shape (case, digits, hyphen, suffix) instead of <unk>",
 }
 
 

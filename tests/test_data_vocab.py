@@ -349,7 +349,7 @@ def test_encode_labels():
         encode_labels("abc")
 
 
-@pytest.mark.parametrize("module", ["vocab", "encode", "splits"])
+@pytest.mark.parametrize("module", ["vocab", "encode", "splits", "shapes"])
 def test_docstring_examples(module):
     import doctest
     import importlib

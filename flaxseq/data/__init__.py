@@ -41,6 +41,7 @@ from flaxseq.data.batching import BatchIterator
 from flaxseq.data.datasets import load_bbc_news, load_cmudict
 from flaxseq.data.encode import encode_labels, encode_sequences, encode_tagged, encode_texts, tokenize
 from flaxseq.data.readers import read_conllu, read_folder, read_pronunciations, read_table, read_text
+from flaxseq.data.shapes import known_or_shape, word_shape
 from flaxseq.data.splits import split_indices
 from flaxseq.data.vocab import EOS, PAD, PAD_ID, SOS, UNK, UNK_ID, Vocab, count_tokens, replace_rare
 
@@ -50,5 +51,5 @@ __all__ = [
     "count_tokens", "encode_labels", "encode_sequences", "encode_tagged", "encode_texts",
     "load_bbc_news", "load_cmudict",
     "read_conllu", "read_folder", "read_pronunciations", "read_table", "read_text",
-    "replace_rare", "split_indices", "tokenize",
+    "known_or_shape", "replace_rare", "split_indices", "tokenize", "word_shape",
 ]
