@@ -6,6 +6,11 @@ source. `AttnDecoder` feeds the attention-weighted source (the context) into its
 the embedded token, and into its output layer beside the LSTM's output. `Seq2SeqAttention`
 joins an `Encoder` to an `AttnDecoder` with the teacher-forcing loop of `flaxseq.seq2seq`.
 
+`attn` is one `Linear` over `[h; enc_s]` (PyTorch's parameters), applied in two parts,
+`h @ W_h + (enc_s @ W_enc + b)`: the source part (the keys) depends on the source only, so the
+decoding loops compute it once per sequence instead of once per step, which removes most of
+the decoder's work (at source length 24 and hidden 192, 8 of its 9 matrix products).
+
 Masked source positions (`mask` False) get the dtype's most negative finite score, so their
 weight is exactly zero and a fully masked row gives uniform weights rather than NaN.
 """
@@ -19,6 +24,7 @@ import numpy as np
 
 from flaxseq import checks
 from flaxseq.basic import Embedding, Linear
+from flaxseq.init import linear_uniform
 from flaxseq.layers import LSTM
 from flaxseq.seq2seq import (
     Encoder,
@@ -33,17 +39,50 @@ from flaxseq.seq2seq import (
 )
 
 
+class ConcatLinear(nn.Module):
+    """`Linear(hidden_size)` over `[query; key]` (`2 * hidden_size` features), in two parts.
+
+    `kernel: [2 * hidden_size, hidden_size]` and `bias: [hidden_size]`, named and initialised
+    as `Linear`'s, so the conversion to PyTorch's `attn` is the same. `keys(key)` gives
+    `key @ kernel[hidden_size:] + bias` and `query(query)` gives `query @ kernel[:hidden_size]`;
+    their sum is the `Linear` of the concatenation.
+    """
+
+    hidden_size: int
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        checks.check_x64(self.param_dtype)
+        init = linear_uniform(2 * self.hidden_size)
+        self.kernel = self.param("kernel", init, (2 * self.hidden_size, self.hidden_size), self.param_dtype)
+        self.bias = self.param("bias", init, (self.hidden_size,), self.param_dtype)
+
+    def keys(self, key: jax.Array) -> jax.Array:
+        """`[..., hidden_size] -> [..., hidden_size]`: the key's part, with the bias."""
+        dtype = self.dtype or jnp.result_type(key, self.kernel)
+        kernel = jnp.asarray(self.kernel[self.hidden_size:], dtype)
+        return jnp.asarray(key, dtype) @ kernel + jnp.asarray(self.bias, dtype)
+
+    def query(self, query: jax.Array) -> jax.Array:
+        """`[..., hidden_size] -> [..., hidden_size]`: the query's part."""
+        dtype = self.dtype or jnp.result_type(query, self.kernel)
+        return jnp.asarray(query, dtype) @ jnp.asarray(self.kernel[: self.hidden_size], dtype)
+
+
 class Attention(nn.Module):
     """Additive (Bahdanau) attention weights over the source positions.
 
     Args:
       hidden_size: size of the decoder state and of each encoder output; `attn` maps
-        `2 * hidden_size` to `hidden_size`, `v` maps `hidden_size` to one score (no bias).
+        `2 * hidden_size` to `hidden_size` (a `ConcatLinear`), `v` maps `hidden_size` to one
+        score (no bias).
 
-    Call `(hidden, encoder_outputs, mask=None)`:
+    Call `(hidden, encoder_outputs, mask=None, keys=None)`:
       hidden: `[batch, hidden_size]`, the decoder's top-layer state.
       encoder_outputs: `[batch, src_len, hidden_size]`.
       mask: optional boolean `[batch, src_len]`, True where a source position is real.
+      keys: optional `source_keys(encoder_outputs)`, computed once before a decoding loop.
 
     Returns the weights `[batch, src_len]` (each row sums to one).
 
@@ -58,16 +97,23 @@ class Attention(nn.Module):
     param_dtype: Any = jnp.float32
 
     def setup(self):
-        self.attn = Linear(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.attn = ConcatLinear(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype)
         self.v = Linear(1, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def __call__(self, hidden, encoder_outputs, mask=None):
-        hidden, encoder_outputs = check_attention_inputs(hidden, encoder_outputs, self.hidden_size)
-        src_len = encoder_outputs.shape[1]
-        mask = check_mask("mask", mask, encoder_outputs.shape[:2])
+    def source_keys(self, encoder_outputs) -> jax.Array:
+        """`[batch, src_len, hidden_size]`: the source's part of `attn`, the same at every step."""
+        return self.attn.keys(encoder_outputs)
 
-        hidden = jnp.repeat(hidden[:, None], src_len, axis=1)  # [batch, src_len, hidden]
-        energy = jnp.tanh(self.attn(jnp.concatenate([hidden, encoder_outputs], axis=2)))  # [batch, src_len, hidden]
+    def __call__(self, hidden, encoder_outputs, mask=None, keys=None):
+        hidden, encoder_outputs = check_attention_inputs(hidden, encoder_outputs, self.hidden_size)
+        mask = check_mask("mask", mask, encoder_outputs.shape[:2])
+        if keys is None:
+            keys = self.source_keys(encoder_outputs)
+        elif keys.shape != encoder_outputs.shape:
+            raise ValueError(f"keys must have the shape of encoder_outputs {tuple(encoder_outputs.shape)}, "
+                             f"got shape {tuple(keys.shape)}")
+
+        energy = jnp.tanh(keys + self.attn.query(hidden)[:, None])  # [batch, src_len, hidden]
         attention = self.v(energy)[:, :, 0]  # [batch, src_len]
         if mask is not None:
             attention = jnp.where(mask, attention, jnp.finfo(attention.dtype).min)
@@ -82,9 +128,10 @@ class AttnDecoder(nn.Module):
       `embed_dim + hidden_size` features (token and context), `fc` maps `2 * hidden_size`
       (LSTM output and context) to `vocab_size` logits.
 
-    Call `(x, hidden, cell, encoder_outputs, mask=None, *, deterministic=True)`:
+    Call `(x, hidden, cell, encoder_outputs, mask=None, *, deterministic=True, keys=None)`:
       x: `[batch, 1]` token ids; hidden, cell: `[num_layers, batch, hidden_size]`;
-      encoder_outputs: `[batch, src_len, hidden_size]`; mask: optional boolean `[batch, src_len]`.
+      encoder_outputs: `[batch, src_len, hidden_size]`; mask: optional boolean `[batch, src_len]`;
+      keys: optional `source_keys(encoder_outputs)`, computed once before a decoding loop.
 
     Returns `(prediction [batch, vocab_size], hidden, cell, attn_weights [batch, 1, src_len])`;
     the attention reads the top layer of the incoming `hidden`.
@@ -111,7 +158,11 @@ class AttnDecoder(nn.Module):
         self.attention = Attention(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype)
         self.fc = Linear(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def __call__(self, x, hidden, cell, encoder_outputs, mask=None, *, deterministic: bool = True):
+    def source_keys(self, encoder_outputs) -> jax.Array:
+        """The attention's keys `[batch, src_len, hidden_size]`, for every step of one source."""
+        return self.attention.source_keys(encoder_outputs)
+
+    def __call__(self, x, hidden, cell, encoder_outputs, mask=None, *, deterministic: bool = True, keys=None):
         x = check_tokens("x", x, self.vocab_size)
         if x.shape[1] != 1:
             raise ValueError(f"x must hold one step of token ids [batch, 1], got shape {tuple(x.shape)}")
@@ -120,7 +171,7 @@ class AttnDecoder(nn.Module):
             raise ValueError(f"hidden must be [num_layers, batch, hidden_size], got shape {tuple(hidden.shape)}")
         embedded = self.embedding(x)  # [batch, 1, embed_dim]
 
-        attn_weights = self.attention(hidden[-1], encoder_outputs, mask)[:, None]  # [batch, 1, src_len]
+        attn_weights = self.attention(hidden[-1], encoder_outputs, mask, keys)[:, None]  # [batch, 1, src_len]
         context = attn_weights @ encoder_outputs  # [batch, 1, hidden]
 
         lstm_input = jnp.concatenate([embedded, context], axis=2)  # [batch, 1, embed_dim + hidden]
@@ -171,14 +222,14 @@ class Seq2SeqAttention(nn.Module):
         src_lengths = check_src_lengths(src_lengths, src.shape)
         src_mask = source_mask(src_mask, src_lengths, src.shape)
         encoder_outputs, hidden, cell = self.encoder(src, src_lengths, deterministic=deterministic)
-        context = (encoder_outputs, src_mask)
+        context = (encoder_outputs, self.decoder.source_keys(encoder_outputs), src_mask)
         return teacher_forced_decode(self, (hidden, cell), trg, schedule, context, deterministic)
 
     def decode_step(self, state, input, context, deterministic: bool):
         """One decoder step: `input [batch]` token ids -> `(state, logits [batch, vocab_size])`."""
-        encoder_outputs, src_mask = context
+        encoder_outputs, keys, src_mask = context
         prediction, hidden, cell, _ = self.decoder(
-            input[:, None], *state, encoder_outputs, src_mask, deterministic=deterministic
+            input[:, None], *state, encoder_outputs, src_mask, deterministic=deterministic, keys=keys
         )
         return (hidden, cell), prediction
 
@@ -194,7 +245,7 @@ class Seq2SeqAttention(nn.Module):
         src_mask = source_mask(src_mask, src_lengths, src.shape)
         check_generate_args(max_len, sos_id, eos_id, self.decoder.vocab_size)
         encoder_outputs, hidden, cell = self.encoder(src, src_lengths)
-        context = (encoder_outputs, src_mask)
+        context = (encoder_outputs, self.decoder.source_keys(encoder_outputs), src_mask)
         return greedy_decode(self, (hidden, cell), src.shape[0], max_len, sos_id, eos_id, context)
 
 

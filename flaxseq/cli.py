@@ -43,6 +43,7 @@ HELP = {
     "lowercase": "lowercase the words",
     "unk_max_count": "training words seen at most this often may be replaced by their shape or <unk>",
     "unk_probability": "probability of that replacement",
+    "bucket": "batch words of similar length together and drop each batch's padding columns",
     "unk_shapes": "encode unknown words by their shape (case, digits, hyphen, suffix) instead of <unk>",
 }
 

@@ -4,7 +4,8 @@ A task supplies `loss_fn(params, batch, dropout_key) -> (loss, sums)`: `batch` i
 arrays `[batch, ...]` with a `weight` entry (1 for real examples, 0 for padding), `dropout_key`
 is None for evaluation, and `sums` holds per-batch sums (`loss_sum`, `correct`, `count`) so that
 epoch metrics are exact whatever the batch sizes. Every batch is padded to the same size, so
-the steps compile once.
+the steps compile once; with `trim_time`, a batch's padding columns are cut first, so the steps
+compile once per rounded length instead (sort the batches by length: `BatchIterator(sort_by=)`).
 
 The steps run data-parallel over all JAX devices: the batch axis is sharded over a one-axis
 mesh and the parameters are replicated; XLA inserts the gradient all-reduce. On one device this
@@ -56,6 +57,16 @@ def pad_batch(arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nd
     return {**padded, "weight": weight}
 
 
+def trim_time(arrays: dict[str, np.ndarray], names: tuple[str, ...], multiple: int) -> dict[str, np.ndarray]:
+    """Cut the time axis (axis 1) of the `[batch, time]` arrays `names` after the last column in
+    which any of them holds a token other than `<pad>` (id 0), rounded up to a multiple of
+    `multiple` (at most their full length). Padding columns change no masked loss, so the
+    result is the same, and a batch of short sequences runs a short loop."""
+    used = max(int(np.flatnonzero(np.any(arrays[name] != 0, axis=0)).max(initial=0)) + 1 for name in names)
+    keep = -(-used // multiple) * multiple
+    return {k: v[:, :keep] if k in names else v for k, v in arrays.items()}
+
+
 class Trainer:
     """Jitted, data-parallel train and eval steps for one loss function and optimizer.
 
@@ -64,10 +75,18 @@ class Trainer:
       tx: the optax optimizer.
       batch_size: examples per step; a multiple of the number of devices.
       devices: the devices to run on (default: all).
+      trim_time: names of `[batch, time]` token arrays whose padding columns each batch drops
+        (`trim_time`), for a loss that masks padding; their length is rounded up to a multiple
+        of `time_multiple`, which bounds the number of compilations.
     """
 
-    def __init__(self, loss_fn: Callable, tx: optax.GradientTransformation, batch_size: int, devices=None):
+    def __init__(
+        self, loss_fn: Callable, tx: optax.GradientTransformation, batch_size: int, devices=None, *,
+        trim_time: tuple[str, ...] = (), time_multiple: int = 4,
+    ):
         check_int("batch_size", batch_size, 1)
+        check_int("time_multiple", time_multiple, 1)
+        self.trim, self.time_multiple = tuple(trim_time), time_multiple
         devices = list(devices if devices is not None else jax.devices())
         if batch_size % len(devices):
             raise ValueError(f"batch_size must be a multiple of the {len(devices)} devices, got {batch_size}")
@@ -93,7 +112,10 @@ class Trainer:
         return jax.device_put(state, self.replicated)
 
     def put(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Pad a batch to `batch_size` and shard it over the devices."""
+        """Trim the batch's padding columns (`trim_time`), pad it to `batch_size` rows and shard it
+        over the devices."""
+        if self.trim:
+            arrays = trim_time(arrays, self.trim, self.time_multiple)
         return jax.device_put(pad_batch(arrays, self.batch_size), self.sharded)
 
     def evaluate(self, params, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:

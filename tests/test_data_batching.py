@@ -101,6 +101,7 @@ def test_state_is_small_and_json_serialisable():
     state = BatchIterator(np.zeros((6, 2)), batch_size=4, seed=2, drop_last=True).state()
     assert state == {
         "epoch": 0, "position": 0, "num_items": 6, "batch_size": 4, "shuffle": True, "drop_last": True, "seed": 2,
+        "sort_chunk": 0,
     }
     assert json.loads(json.dumps(state)) == state
 
@@ -146,6 +147,53 @@ def test_construction_errors(arrays, kwargs, error, message):
     with pytest.raises(error) as info:
         BatchIterator(*arrays, **kwargs)
     assert message in str(info.value)
+
+
+# Batching by length
+
+
+def test_sorted_batches_hold_similar_lengths_in_random_order():
+    rng = np.random.default_rng(0)
+    n, batch_size = 1000, 10
+    lengths = rng.integers(1, 30, n)
+    batches = BatchIterator(np.arange(n), lengths, batch_size=batch_size, seed=1, sort_by=lengths, sort_chunk=20)
+    for epoch in range(2):
+        order = batches.order(epoch)
+        assert sorted(order.tolist()) == list(range(n))
+        epoch_batches = [b for b, _ in batches]
+        assert np.array_equal(np.concatenate(epoch_batches), order)
+        spread = [lengths[b].max() - lengths[b].min() for b in epoch_batches]
+        random_spread = [lengths[b].max() - lengths[b].min() for b in np.split(rng.permutation(n), n // batch_size)]
+        assert np.mean(spread) < 0.25 * np.mean(random_spread)
+        firsts = [int(lengths[b].min()) for b in epoch_batches]
+        assert firsts != sorted(firsts)  # the batches themselves are shuffled
+    assert not np.array_equal(batches.order(0), batches.order(1))
+    # each run of sort_chunk batches holds the same items as the shuffled order's run
+    plain = np.random.default_rng([1, 0]).permutation(n)
+    chunks = [set(plain[i : i + 200].tolist()) for i in range(0, n, 200)]
+    assert all(any(set(b.tolist()) <= chunk for chunk in chunks) for b in np.split(batches.order(0), n // batch_size))
+
+
+def test_sorted_iteration_keeps_a_short_last_batch_last_and_resumes():
+    lengths = np.arange(23) % 7
+    arrays = make_arrays(23)
+    reference = BatchIterator(*arrays, batch_size=4, seed=2, sort_by=lengths, sort_chunk=2)
+    uninterrupted = run(reference, 2)
+    assert [len(b) for b in uninterrupted[:6]] == [4, 4, 4, 4, 4, 3]
+    batches = BatchIterator(*arrays, batch_size=4, seed=2, sort_by=lengths, sort_chunk=2)
+    seen = [items_of(b) for b in itertools.islice(iter(batches), 4)]
+    state = batches.state()
+    assert state["sort_chunk"] == 2
+    resumed = BatchIterator.from_state(state, *arrays, sort_by=lengths)
+    assert seen + [items_of(b) for _ in range(2) for b in resumed][: len(uninterrupted) - 4] == uninterrupted
+    with pytest.raises(ValueError, match=r"sort_by must be given exactly when state\['sort_chunk'\] > 0, got 2"):
+        BatchIterator.from_state(state, *arrays)
+    with pytest.raises(ValueError, match="sort_chunk: state has 2, iterator has 0"):
+        BatchIterator(*arrays, batch_size=4, seed=2).restore(state)
+    unshuffled = BatchIterator(np.arange(5), batch_size=2, shuffle=False, sort_by=np.array([3, 1, 2, 1, 0]))
+    assert unshuffled.order(0).tolist() == [4, 1, 3, 2, 0]
+    with pytest.raises(ValueError, match=r"sort_by must have shape \[n\] = \(5,\), got \(4,\)"):
+        BatchIterator(np.arange(5), batch_size=2, sort_by=np.zeros(4))
 
 
 def test_order_rejects_a_negative_epoch():

@@ -18,7 +18,7 @@ import torch
 import flaxseq
 from flaxseq import data
 from flaxseq.optim import adam_with_clipping, clip_grad_norm_torch
-from flaxseq.train import Trainer, fit, run_epoch
+from flaxseq.train import Trainer, fit, run_epoch, trim_time
 from parity.lockstep import LockstepCase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -107,6 +107,46 @@ def test_resume_with_another_configuration_fails_and_overwrites_nothing(tmp_path
                                          "checkpoint has 3, this run has 4"):
         run_fit(tmp_path, epochs=2, resume=True, config={"model": "tiny", "hidden_size": 4})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_trim_time_cuts_the_common_padding_columns_rounded_up():
+    src = np.array([[5, 6, 0, 0, 0, 0, 0, 0], [7, 0, 0, 0, 0, 0, 0, 0]])
+    trg = np.array([[2, 4, 4, 3, 0, 0, 0, 0], [2, 3, 0, 0, 0, 0, 0, 0]])
+    lengths = np.array([2, 1])
+    batch = {"src": src, "trg": trg, "lengths": lengths}
+    trimmed = trim_time(batch, ("src", "trg"), 1)
+    assert trimmed["src"].tolist() == src[:, :4].tolist() and trimmed["trg"].tolist() == trg[:, :4].tolist()
+    assert trimmed["lengths"] is lengths
+    assert trim_time(batch, ("src",), 1)["src"].shape == (2, 2)
+    assert trim_time(batch, ("src", "trg"), 3)["src"].shape == (2, 6)
+    assert trim_time(batch, ("src", "trg"), 5)["src"].shape == (2, 5)
+    assert trim_time(batch, ("src", "trg"), 16)["src"].shape == (2, 8)  # never past the full length
+
+
+def test_trimmed_seq2seq_batches_give_the_untrimmed_loss_and_gradients():
+    """Dropping padding columns changes nothing the masked loss sees, in float64 to rounding."""
+    from flaxseq.attention import AttnDecoder, Seq2SeqAttention
+    from flaxseq.seq2seq import Encoder
+    from flaxseq.tasks.seq2seq import make_loss
+
+    with jax.enable_x64(True):
+        model = Seq2SeqAttention(Encoder(9, 4, 5, 1, param_dtype=jnp.float64),
+                                 AttnDecoder(8, 4, 5, 1, param_dtype=jnp.float64))
+        rng = np.random.default_rng(0)
+        src_lengths, trg_lengths = np.array([3, 5, 2]), np.array([4, 6, 3])
+        src = np.where(np.arange(12) < src_lengths[:, None], rng.integers(1, 9, (3, 12)), 0)
+        trg = np.where(np.arange(12) < trg_lengths[:, None], rng.integers(2, 8, (3, 12)), 0)
+        batch = {"src": src, "src_lengths": src_lengths, "trg": trg, "weight": np.ones(3)}
+        params = model.init(jax.random.key(0), src, trg, 1.0, src_lengths=src_lengths)["params"]
+        loss_fn = jax.value_and_grad(make_loss(model), has_aux=True)
+        (full, sums), full_grads = loss_fn(params, batch, None)
+        trimmed = trim_time(batch, ("src", "trg"), 1)
+        assert trimmed["src"].shape == (3, 6)
+        (loss, trimmed_sums), grads = loss_fn(params, trimmed, None)
+    assert abs(float(loss) - float(full)) <= 1e-14 * abs(float(full))
+    assert float(trimmed_sums["count"]) == float(sums["count"]) == float(np.sum(trg_lengths - 1))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
 def test_batch_size_must_divide_over_devices():

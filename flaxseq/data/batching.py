@@ -12,6 +12,11 @@ batches an uninterrupted run would have yielded.
 
     batches = BatchIterator.from_state(checkpoint["batches"], ids, lengths, labels)
 
+With `sort_by` (e.g. the lengths `[n]`), each run of `sort_chunk` batches' worth of shuffled
+items is sorted by it before batching, and the full batches are then shuffled: a batch holds
+items of similar length, so that trimming its padding (`flaxseq.train.Trainer`'s `trim_time`)
+leaves little, while the batches still come in random order.
+
 Each `for` loop over the iterator runs to the end of the current epoch, then the iterator moves
 to the next epoch (`epoch += 1`, `position = 0`) as it yields the epoch's last batch. Leaving a
 loop early keeps the position: the next loop continues where it stopped.
@@ -23,7 +28,7 @@ import numpy as np
 
 from flaxseq.checks import check_int
 
-STATE_KEYS = ("epoch", "position", "num_items", "batch_size", "shuffle", "drop_last", "seed")
+STATE_KEYS = ("epoch", "position", "num_items", "batch_size", "shuffle", "drop_last", "seed", "sort_chunk")
 
 
 class BatchIterator:
@@ -35,9 +40,14 @@ class BatchIterator:
         shuffle: draw a new order each epoch; otherwise items come in order `0 .. n-1`.
         seed: the shuffling seed (a non-negative int).
         drop_last: leave out the last batch of an epoch when it has fewer than `batch_size` items.
+        sort_by: optional `[n]` numbers (e.g. lengths): batch items of similar value together.
+        sort_chunk: batches per sorted run of items (used with `sort_by` only).
     """
 
-    def __init__(self, *arrays, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    def __init__(
+        self, *arrays, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+        sort_by=None, sort_chunk: int = 100,
+    ):
         if not arrays:
             raise ValueError("BatchIterator needs at least one array, got none")
         self.arrays = tuple(np.asarray(array) for array in arrays)
@@ -55,6 +65,12 @@ class BatchIterator:
         _check_bool("drop_last", drop_last)
         self.num_items = len(self.arrays[0])
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        check_int("sort_chunk", sort_chunk, 1)
+        self.sort_by, self.sort_chunk = None, 0  # sort_chunk 0: unsorted
+        if sort_by is not None:
+            self.sort_by, self.sort_chunk = np.asarray(sort_by), sort_chunk
+            if self.sort_by.shape != (self.num_items,):
+                raise ValueError(f"sort_by must have shape [n] = ({self.num_items},), got {self.sort_by.shape}")
         if len(self) == 0:
             raise ValueError(
                 f"no batch to yield: {self.num_items} items with batch_size={batch_size} and drop_last={drop_last}"
@@ -71,8 +87,20 @@ class BatchIterator:
         """The item indices `[n]` of epoch `epoch`, in the order they are batched."""
         check_int("epoch", epoch, 0)
         if not self.shuffle:
-            return np.arange(self.num_items)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+            order = np.arange(self.num_items)
+            return order if self.sort_by is None else order[np.argsort(self.sort_by, kind="stable")]
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.num_items)
+        if self.sort_by is None:
+            return order
+        chunk = self.sort_chunk * self.batch_size
+        for start in range(0, self.num_items, chunk):
+            part = order[start : start + chunk]
+            order[start : start + chunk] = part[np.argsort(self.sort_by[part], kind="stable")]
+        full = self.num_items // self.batch_size  # the full batches change places; a short last one stays last
+        blocks = order[: full * self.batch_size].reshape(full, self.batch_size)
+        order[: full * self.batch_size] = blocks[rng.permutation(full)].reshape(-1)
+        return order
 
     def __iter__(self):
         """Yield the remaining batches of the current epoch, each a tuple of arrays `[batch, ...]`."""
@@ -87,6 +115,7 @@ class BatchIterator:
         return {
             "epoch": self.epoch, "position": self.position, "num_items": self.num_items,
             "batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last, "seed": self.seed,
+            "sort_chunk": self.sort_chunk,
         }
 
     def restore(self, state: dict) -> None:
@@ -104,12 +133,15 @@ class BatchIterator:
         self.epoch, self.position = state["epoch"], state["position"]
 
     @classmethod
-    def from_state(cls, state: dict, *arrays) -> "BatchIterator":
-        """A new iterator over `arrays` with the settings and position of `state`."""
+    def from_state(cls, state: dict, *arrays, sort_by=None) -> "BatchIterator":
+        """A new iterator over `arrays` (and `sort_by`, if the state's iterator sorted) with the
+        settings and position of `state`."""
         _check_state(state)
+        if (sort_by is None) != (state["sort_chunk"] == 0):
+            raise ValueError(f"sort_by must be given exactly when state['sort_chunk'] > 0, got {state['sort_chunk']}")
         batches = cls(
-            *arrays, batch_size=state["batch_size"], shuffle=state["shuffle"],
-            seed=state["seed"], drop_last=state["drop_last"],
+            *arrays, batch_size=state["batch_size"], shuffle=state["shuffle"], seed=state["seed"],
+            drop_last=state["drop_last"], sort_by=sort_by, sort_chunk=state["sort_chunk"] or 1,
         )
         batches.restore(state)
         return batches

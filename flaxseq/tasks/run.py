@@ -112,14 +112,15 @@ def init_params(model, split: tuple[np.ndarray, ...], seed: int):
 def train_model(
     config: RunConfig, out: pathlib.Path, model, loss_fn, fields: tuple[str, ...],
     train_split: tuple[np.ndarray, ...], valid_split: tuple[np.ndarray, ...], *, score: str = "accuracy",
-    validate=None, init=init_params, log=print,
+    validate=None, init=init_params, log=print, sort_by=None, trim_time: tuple[str, ...] = (),
 ) -> tuple[FitResult, Trainer]:
     """Initialise `model` (`init(model, train_split, seed)`), then `fit` it on `train_split`,
     validating on `valid_split`. `validate(trainer, params)` overrides the default validation
-    (the loss function's loss and accuracy)."""
+    (the loss function's loss and accuracy). `sort_by` (`[n]` lengths) batches examples of
+    similar length together, and the `trim_time` fields lose their padding columns per batch."""
     params = init(model, train_split, config.seed)
-    batches = BatchIterator(*train_split, batch_size=config.batch_size, seed=config.seed)
-    trainer = Trainer(loss_fn, optimizer(config, len(batches)), config.batch_size)
+    batches = BatchIterator(*train_split, batch_size=config.batch_size, seed=config.seed, sort_by=sort_by)
+    trainer = Trainer(loss_fn, optimizer(config, len(batches)), config.batch_size, trim_time=trim_time)
     if validate is None:
         def validate(trainer, params):
             return trainer.evaluate(params, split_batches(fields, valid_split, config.batch_size))

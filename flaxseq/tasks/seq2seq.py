@@ -4,6 +4,10 @@ Words (letters) in, phonemes (stress stripped) out. Words are split, seeded, int
 validation and test words; validation and test decode greedily (`generate`) and score the
 phoneme error rate = total edit distance / total reference phonemes, and word accuracy (the
 share of words whose phonemes are all right).
+
+Training batches words of similar length together and drops each batch's padding columns
+(`--no-bucket` pads every batch to `--max-length`): the decoder's loop then runs about 10 steps
+instead of 24, with one compilation per length rounded up to 4.
 """
 
 import dataclasses
@@ -36,6 +40,7 @@ class Seq2SeqConfig(RunConfig):
     hidden_size: int = 192
     num_layers: int = 1
     teacher_forcing_ratio: float = 1.0
+    bucket: bool = True
     out: str = "runs/seq2seq"
     epochs: int = 6
     batch_size: int = 128
@@ -174,9 +179,12 @@ def train(config: Seq2SeqConfig, log=print) -> dict:
         losses = trainer.evaluate(params, split_batches(FIELDS, prepared.splits["valid"], config.batch_size))
         return {**losses, **score(model, params, prepared, "valid", config)}
 
+    src, _, trg = prepared.splits["train"]
+    bucketing = {"sort_by": np.maximum(np.sum(src != data.PAD_ID, 1), np.sum(trg != data.PAD_ID, 1)),
+                 "trim_time": ("src", "trg")} if config.bucket else {}
     result, _ = train_model(config, out, model, make_loss(model, config.teacher_forcing_ratio), FIELDS,
                             prepared.splits["train"], prepared.splits["valid"], score="phoneme_accuracy",
-                            validate=validate, init=init_params, log=log)
+                            validate=validate, init=init_params, log=log, **bucketing)
     metrics = write_metrics(out, test_metrics(None, model, result.best_params, prepared, config), result.history,
                             started)
     log(f"test phoneme error rate {metrics['phoneme_error_rate']:.4f}, word accuracy {metrics['word_accuracy']:.4f};"
