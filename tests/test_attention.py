@@ -139,6 +139,30 @@ def test_bad_attention_inputs():
         decoder.apply(variables, np.zeros((BATCH, 1), int), state[0], state, encoder_outputs)
 
 
+def test_precomputed_keys_give_the_same_weights_and_predictions():
+    """The decoding loops pass the keys computed once per source; a step given them gives exactly
+    what the step computing them gives, and PyTorch's `attn` over the concatenation agrees."""
+    rng = np.random.default_rng(0)
+    hidden, encoder_outputs = rng.normal(size=(BATCH, HIDDEN)), rng.normal(size=(BATCH, SRC_LEN, HIDDEN))
+    torch_attention = torch_model("Attention")
+    attention, variables = parity.from_torch(torch_attention)
+    keys = attention.apply(variables, encoder_outputs, method="source_keys")
+    weights = attention.apply(variables, hidden, encoder_outputs)
+    np.testing.assert_array_equal(attention.apply(variables, hidden, encoder_outputs, None, keys), weights)
+    expected = torch_attention(torch.tensor(hidden), torch.tensor(encoder_outputs)).detach().numpy()
+    np.testing.assert_allclose(weights, expected, rtol=1e-13, atol=1e-15)
+    message = r"keys must have the shape of encoder_outputs \(3, 7, 5\), got shape \(3, 6, 5\)"
+    with pytest.raises(ValueError, match=message):
+        attention.apply(variables, hidden, encoder_outputs, None, keys[:, 1:])
+
+    decoder, variables = parity.from_torch(torch_model("AttnDecoder"))
+    x, state = np.ones((BATCH, 1), int), rng.normal(size=(2, BATCH, HIDDEN))
+    keys = decoder.apply(variables, encoder_outputs, method="source_keys")
+    given = decoder.apply(variables, x, state, state, encoder_outputs, keys=keys)
+    for a, b in zip(given, decoder.apply(variables, x, state, state, encoder_outputs), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_jit():
     """The whole model, its draw and its generation compile under jax.jit."""
     module, variables = parity.from_torch(torch_model("Seq2SeqAttention"))

@@ -26,6 +26,10 @@ Tagging (Universal Dependencies, CoNLL-U):
     word_vocab, tag_vocab = data.Vocab.build(words, min_freq=2), data.Vocab.build(tags)
     word_ids, tag_ids, lengths = data.encode_tagged(words, tags, word_vocab, tag_vocab, max_length=64)
 
+Unknown words by their spelling (`shapes`): a vocabulary that holds shape tokens such as
+`<unk:Aa-s>` encodes an unseen "Fairbanks" as its shape instead of `<unk>`:
+`data.encode_tagged(data.known_or_shape(words, vocab), tags, vocab, tag_vocab, 64)`.
+
 Sequence to sequence (CMUdict, letters to phonemes):
 
     entries = data.load_cmudict()
@@ -34,7 +38,7 @@ Sequence to sequence (CMUdict, letters to phonemes):
     source, source_lengths = data.encode_texts([w for w, _ in entries], letters, 32, tokenizer=list)
     target, target_lengths = data.encode_sequences([p for _, p in entries], phonemes, 32, sos=True, eos=True)
 
-See each module's docstring: `vocab`, `encode`, `batching`, `splits`, `readers`, `datasets`.
+See each module's docstring: `vocab`, `shapes`, `encode`, `batching`, `splits`, `readers`, `datasets`.
 """
 
 from flaxseq.data.batching import BatchIterator

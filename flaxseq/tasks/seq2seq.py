@@ -42,9 +42,10 @@ class Seq2SeqConfig(RunConfig):
     teacher_forcing_ratio: float = 1.0
     bucket: bool = True
     out: str = "runs/seq2seq"
-    epochs: int = 6
+    epochs: int = 12
     batch_size: int = 128
     learning_rate: float = 3e-3
+    cosine_decay: bool = True
 
 
 @dataclasses.dataclass
