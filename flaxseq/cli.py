@@ -43,6 +43,7 @@ HELP = {
     "lowercase": "lowercase the words",
     "unk_max_count": "training words seen at most this often may be replaced by their shape or <unk>",
     "unk_probability": "probability of that replacement",
+    "teacher_forcing_ratio": "chance that a decoder step is fed the true previous token (else its own argmax)",
     "bucket": "batch words of similar length together and drop each batch's padding columns",
     "unk_shapes": "encode unknown words by their shape (case, digits, hyphen, suffix) instead of <unk>",
 }
