@@ -74,6 +74,18 @@ class StepWeights(NamedTuple):
     w_hr: jax.Array | None  # W_hr^T: [hidden, proj], LSTM with proj_size > 0 only
 
 
+class InputWeights(NamedTuple):
+    """The input projection's weights as the time loop reads them: `W_ih^T` transposed once."""
+
+    w_ih: jax.Array  # W_ih^T: [input, gates * hidden]
+    b_ih: jax.Array | None  # [gates * hidden]
+
+
+def input_weights(weights: Weights) -> InputWeights:
+    """`weights`' input projection as the time loop reads it (see `InputWeights`)."""
+    return InputWeights(weights.w_ih.T, weights.b_ih)
+
+
 def step_weights(weights: Weights) -> StepWeights:
     """`weights` as the time loop reads them (see `StepWeights`)."""
     return StepWeights(weights.w_hh.T, weights.b_hh, None if weights.w_hr is None else weights.w_hr.T)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxseq import checks, cudnn
-from flaxseq.cells import GATES, cast_weights, create_weights, input_projection, join_carry, split_carry, step_weights
+from flaxseq.cells import GATES, cast_weights, create_weights, input_weights, join_carry, split_carry, step_weights
 from flaxseq.recurrence import scan_direction
 
 
@@ -138,9 +138,9 @@ class _Recurrent(nn.Module):
             for direction in range(directions):
                 k = layer * directions + direction
                 w = cast_weights(weights[k], dtype)
-                gx = input_projection(w, x)  # [time, batch, gates * hidden]
                 ys, (h, state) = scan_direction(
-                    gates, step_weights(w), gx, split_carry(self.mode, carries[k]), lengths, reverse=direction == 1
+                    gates, step_weights(w), input_weights(w), x, split_carry(self.mode, carries[k]), lengths,
+                    reverse=direction == 1,
                 )
                 outputs.append(ys)  # [time, batch, output_size]
                 finals.append(join_carry(self.mode, h, state))

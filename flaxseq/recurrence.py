@@ -1,7 +1,15 @@
 """The time loop: scan a cell over time, in either direction, with variable lengths.
 
 This is the only place that loops over time. Layers call `scan_direction` once per layer and
-direction with the input projection of all time steps already computed.
+direction with the layer's input and `W_ih^T`, `b_ih`.
+
+Where the input projection `x_t @ W_ih^T + b_ih` is computed depends on whether the loop is
+differentiated. Differentiated, it is one large product over all steps before the loop (and its
+gradients `dx`, `dW_ih` one product each after the backward loop). Not differentiated (inference,
+evaluation), it is computed inside the loop, step by step, as flax's cells do: the projection of
+all steps is a `[time, batch, gates * hidden]` buffer written, read back and faulted in fresh at
+every call, which made the forward pass 1.5 to 2x slower at large sizes
+(`docs/performance.md`). The two orders round differently, within float rounding.
 
 Variable lengths give what PyTorch's `pack_padded_sequence(..., enforce_sorted=False)` then
 `pad_packed_sequence(..., total_length=T)` give: outputs past a sequence's length are zero,
@@ -12,8 +20,8 @@ same mask, and reversed back.
 
 The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop only
 carries `dh`, `dc` and produces each step's gate gradients `dgh_t`, `dgx_t`; the weight
-gradients are then one matrix product each over all steps, `dW_hh = sum_t dgh_t^T h_{t-1}`
-(and `dW_ih = sum_t dgx_t^T x_t` by ordinary autodiff of the input projection outside). JAX's
+gradients are then one matrix product each over all steps, `dW_hh = sum_t dgh_t^T h_{t-1}`,
+`dW_ih = sum_t dgx_t^T x_t`, and so is the input's, `dx_t = dgx_t W_ih`. JAX's
 own transpose of `lax.scan` instead accumulates `dW_hh` inside the loop, one small product and
 a read and write of the whole `[gates * hidden, hidden]` accumulator per step. The element-wise
 gate functions (`flaxseq.cells.GATES`) are still differentiated by `jax.vjp`, step by step, so
@@ -26,7 +34,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from flaxseq.cells import StepWeights
+from flaxseq.cells import InputWeights, StepWeights
 
 
 def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
@@ -36,18 +44,19 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
 
 
 def scan_direction(
-    gates: Callable, weights: StepWeights, gx: jax.Array, carry, lengths: jax.Array | None = None,
-    reverse: bool = False,
+    gates: Callable, weights: StepWeights, projection: InputWeights, x: jax.Array, carry,
+    lengths: jax.Array | None = None, reverse: bool = False,
 ):
-    """Run one direction of one layer over the time axis of `gx`.
+    """Run one direction of one layer over the time axis of `x`.
 
-    Each step is `gh = h @ W_hh^T + b_hh; (state, u) = gates(h, state, gx_t, gh); h = u @ W_hr^T`
-    (no projection unless `weights.w_hr`), and outputs `h`.
+    Each step is `gx = x_t @ W_ih^T + b_ih; gh = h @ W_hh^T + b_hh; (state, u) = gates(h, state,
+    gx, gh); h = u @ W_hr^T` (no projection unless `weights.w_hr`), and outputs `h`.
 
     Args:
       gates: a cell's element-wise function (`flaxseq.cells.GATES`).
       weights: `StepWeights` (`W_hh^T`, `b_hh`, `W_hr^T`).
-      gx: input projections, `[time, batch, gates * hidden]`.
+      projection: `InputWeights` (`W_ih^T [input, gates * hidden]`, `b_ih` or None).
+      x: the layer's input, `[time, batch, input]`.
       carry: initial `(h [batch, proj or hidden], state)`, `state` the LSTM's `c [batch, hidden]`
         or `()`.
       lengths: `[batch]` integers, or None when every sequence fills the time axis. Values are
@@ -59,16 +68,16 @@ def scan_direction(
     """
     h0, s0 = carry
     if lengths is None:
-        ys, h, s = recurrence(gates, reverse, weights, gx, h0, s0, None)
+        ys, h, s = recurrence(gates, reverse, weights, projection, x, h0, s0, None)
         return ys, (h, s)
 
-    time_steps = gx.shape[0]
+    time_steps = x.shape[0]
     lengths = jnp.clip(lengths, 0, time_steps)
     mask = jnp.arange(time_steps)[:, None] < lengths[None, :]  # [time, batch]
     if reverse:
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1]
-        gx = jnp.take_along_axis(gx, index, axis=0)
-    ys, h, s = recurrence(gates, False, weights, gx, h0, s0, mask)
+        x = jnp.take_along_axis(x, index, axis=0)
+    ys, h, s = recurrence(gates, False, weights, projection, x, h0, s0, mask)
     if reverse:
         ys = jnp.take_along_axis(ys, index, axis=0)
     return ys, (h, s)
@@ -81,12 +90,21 @@ def _select(mask, new, old):
     return jax.tree.map(lambda a, b: jnp.where(mask[:, None], a, b), new, old)
 
 
-def _forward(gates, reverse, weights: StepWeights, gx, h0, s0, mask, save: bool):
-    """The loop; with `save`, also the residuals of each step that the backward loop reads."""
+def _project(projection: InputWeights, x: jax.Array) -> jax.Array:
+    """`x @ W_ih^T + b_ih`: `[..., input] -> [..., gates * hidden]`."""
+    gx = x @ projection.w_ih
+    return gx if projection.b_ih is None else gx + projection.b_ih
+
+
+def _forward(gates, reverse, weights: StepWeights, projection, xs, h0, s0, mask, save: bool):
+    """The loop over `xs`: the inputs `[time, batch, input]` projected at each step if
+    `projection` is given, else the projections `[time, batch, gates * hidden]` themselves.
+    With `save`, also the residuals of each step that the backward loop reads."""
 
     def step(carry, inputs):
         h, s = carry
-        gx_t, m = inputs  # [batch, gates * hidden], [batch] or None
+        x_t, m = inputs  # [batch, input or gates * hidden], [batch] or None
+        gx_t = x_t if projection is None else _project(projection, x_t)  # [batch, gates * hidden]
         gh = h @ weights.w_hh  # [batch, gates * hidden]
         if weights.b_hh is not None:
             gh = gh + weights.b_hh
@@ -97,25 +115,27 @@ def _forward(gates, reverse, weights: StepWeights, gx, h0, s0, mask, save: bool)
         residuals = (h, s, gh, u if weights.w_hr is not None else ()) if save else ()
         return (h_new, s_new), (y, residuals)
 
-    (h, s), (ys, residuals) = jax.lax.scan(step, (h0, s0), (gx, mask), reverse=reverse)
+    (h, s), (ys, residuals) = jax.lax.scan(step, (h0, s0), (xs, mask), reverse=reverse)
     return ys, h, s, residuals
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def recurrence(gates, reverse, weights: StepWeights, gx, h0, s0, mask):
+def recurrence(gates, reverse, weights: StepWeights, projection: InputWeights, x, h0, s0, mask):
     """`(ys [time, batch, out], h_T, state_T)` of the loop in `scan_direction`, with a hand-written
-    gradient (module docstring). `mask`: `[time, batch]` booleans (False: skip the step) or None."""
-    ys, h, s, _ = _forward(gates, reverse, weights, gx, h0, s0, mask, save=False)
+    gradient (module docstring). `mask`: `[time, batch]` booleans (False: skip the step) or None.
+    Not differentiated, the input projection is computed inside the loop."""
+    ys, h, s, _ = _forward(gates, reverse, weights, projection, x, h0, s0, mask, save=False)
     return ys, h, s
 
 
-def _recurrence_fwd(gates, reverse, weights, gx, h0, s0, mask):
-    ys, h, s, residuals = _forward(gates, reverse, weights, gx, h0, s0, mask, save=True)
-    return (ys, h, s), (weights, gx, mask, residuals)
+def _recurrence_fwd(gates, reverse, weights, projection, x, h0, s0, mask):
+    gx = _project(projection, x)  # [time, batch, gates * hidden], one product for all steps
+    ys, h, s, residuals = _forward(gates, reverse, weights, None, gx, h0, s0, mask, save=True)
+    return (ys, h, s), (weights, projection, x, gx, mask, residuals)
 
 
 def _recurrence_bwd(gates, reverse, saved, cotangents):
-    weights, gx, mask, (hs, ss, ghs, us) = saved  # hs: h_{t-1} [time, batch, proj or hidden], ...
+    weights, projection, x, gx, mask, (hs, ss, ghs, us) = saved  # hs: h_{t-1} [time, batch, proj or hidden]
     dys, dh, ds = cotangents
     w_hh = weights.w_hh.T  # [gates * hidden, proj or hidden], transposed once, outside the loop
     w_hr = None if weights.w_hr is None else weights.w_hr.T  # [proj, hidden]
@@ -142,7 +162,12 @@ def _recurrence_bwd(gates, reverse, saved, cotangents):
         b_hh=None if weights.b_hh is None else dgh.sum(axis=(0, 1)),
         w_hr=None if weights.w_hr is None else jnp.einsum("tbh,tbp->hp", us, dh_totals),
     )
-    return d_weights, dgx, dh0, ds0, None
+    d_projection = InputWeights(
+        w_ih=jnp.einsum("tbi,tbg->ig", x, dgx),  # [input, gates * hidden]
+        b_ih=None if projection.b_ih is None else dgx.sum(axis=(0, 1)),
+    )
+    dx = jnp.einsum("tbg,ig->tbi", dgx, projection.w_ih)  # [time, batch, input]
+    return d_weights, d_projection, dx, dh0, ds0, None
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
