@@ -14,6 +14,7 @@ Parameters keep PyTorch's names, shapes and gate order, so converting a state_di
 | GRU | r, z, n |
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -103,32 +104,78 @@ def hidden_projection(weights: StepWeights, h: jax.Array) -> jax.Array:
     return gh if weights.b_hh is None else gh + weights.b_hh
 
 
-# The element-wise part of each step: `(h, state, gx, gh) -> (state', u)`, where `gx` and `gh`
-# are the input and hidden projections of this step, `state` is the LSTM's cell state (`()` for
-# the others) and `u` the new hidden state before the LSTM's projection. They hold no weights,
-# so the time loop can differentiate them alone (`flaxseq/recurrence.py`).
+# The element-wise part of each step, and its gradient by hand.
+#
+# `gates(h, state, gx, gh) -> (state', u, saved)`: `gx` and `gh` are the input and hidden
+# projections of this step, as tuples of per-gate parts (`split_gates`), each `[batch, hidden]`;
+# `state` is the LSTM's cell state (`()` for the others), `u` the new hidden state before the
+# LSTM's projection, and `saved` the activations the gradient reads.
+#
+# `gradient(saved, h, state, d_state', du) -> (dh, d_state, dgx, dgh)`: the gradients of `h`,
+# `state` and of the pre-activations (`[batch, gates * hidden]`, gates concatenated) from those
+# of `state'` and `u`, as cuDNN and PyTorch write it: products and sums of the saved activations,
+# no exp or tanh of its own. `dh` is only the direct part (the time loop adds `dgh @ W_hh`).
+#
+# Gates come as separate parts, not one `[batch, gates * hidden]` array, because of how XLA:CPU
+# compiles the time loop: an element-wise fusion that slices gates out of a time step of a
+# stacked `[time, batch, gates * hidden]` array runs 6x slower than one that reads per-gate
+# arrays (`docs/performance.md`).
+
+
+def split_gates(a: jax.Array, count: int) -> tuple:
+    """`[..., count * hidden]` as `count` parts `[..., hidden]`, in gate order."""
+    return tuple(jnp.split(a, count, axis=-1)) if count > 1 else (a,)
+
+
+def _add(gx, gh):
+    return tuple(a + b for a, b in zip(gx, gh, strict=True))
 
 
 def rnn_tanh_gates(h, state, gx, gh):
     """h' = tanh(W_ih x + b_ih + W_hh h + b_hh)."""
-    return state, jnp.tanh(gx + gh)
+    (u,) = _add(gx, gh)
+    u = jnp.tanh(u)
+    return state, u, u
+
+
+def rnn_tanh_gradient(u, h, state, d_state, du):
+    dz = du * (1 - u * u)
+    return jnp.zeros_like(h), d_state, dz, dz
 
 
 def rnn_relu_gates(h, state, gx, gh):
     """h' = relu(W_ih x + b_ih + W_hh h + b_hh)."""
-    return state, jax.nn.relu(gx + gh)
+    (u,) = _add(gx, gh)
+    u = jax.nn.relu(u)
+    return state, u, u
+
+
+def rnn_relu_gradient(u, h, state, d_state, du):
+    dz = jnp.where(u > 0, du, jnp.zeros_like(du))
+    return jnp.zeros_like(h), d_state, dz, dz
 
 
 def lstm_gates(h, c, gx, gh):
-    """PyTorch's LSTM step; returns `(c', o ⊙ tanh(c'))`.
+    """PyTorch's LSTM step; returns `(c', o ⊙ tanh(c'), (i, f, g, o))`.
 
     i = σ(W_ii x + b_ii + W_hi h + b_hi),  f = σ(W_if x + b_if + W_hf h + b_hf),
     g = tanh(W_ig x + b_ig + W_hg h + b_hg),  o = σ(W_io x + b_io + W_ho h + b_ho),
     c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh(c'),  and with `proj_size`: h' = W_hr h'.
     """
-    i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return c, jax.nn.sigmoid(o) * jnp.tanh(c)
+    i, f, g, o = _add(gx, gh)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * c + i * g
+    return c, o * jnp.tanh(c), (i, f, g, o)
+
+
+def lstm_gradient(saved, h, c, dc, du):
+    i, f, g, o = saved
+    tanh_c = jnp.tanh(f * c + i * g)  # c' again, as the forward step computed it
+    dc = dc + du * o * (1 - tanh_c * tanh_c)
+    dz = jnp.concatenate(
+        [dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g), du * tanh_c * o * (1 - o)], axis=-1
+    )  # [batch, 4 * hidden]
+    return jnp.zeros_like(h), dc * f, dz, dz
 
 
 def gru_gates(h, state, gx, gh):
@@ -137,15 +184,39 @@ def gru_gates(h, state, gx, gh):
     r = σ(W_ir x + b_ir + W_hr h + b_hr),  z = σ(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),  h' = (1 − z) ⊙ n + z ⊙ h.
     """
-    x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+    (x_r, x_z, x_n), (h_r, h_z, h_n) = gx, gh
     r = jax.nn.sigmoid(x_r + h_r)
     z = jax.nn.sigmoid(x_z + h_z)
     n = jnp.tanh(x_n + r * h_n)
-    return state, (1 - z) * n + z * h
+    return state, (1 - z) * n + z * h, (r, z, n, h_n)
 
 
-GATES = {"RNN_TANH": rnn_tanh_gates, "RNN_RELU": rnn_relu_gates, "LSTM": lstm_gates, "GRU": gru_gates}
+def gru_gradient(saved, h, state, d_state, du):
+    r, z, n, h_n = saved
+    dn = du * (1 - z) * (1 - n * n)  # the gradient of n's pre-activation x_n + r * h_n
+    dr = dn * h_n * r * (1 - r)
+    dz = du * (h - n) * z * (1 - z)
+    dgx = jnp.concatenate([dr, dz, dn], axis=-1)  # [batch, 3 * hidden]
+    dgh = jnp.concatenate([dr, dz, dn * r], axis=-1)
+    return du * z, d_state, dgx, dgh
+
+
+class Gates(NamedTuple):
+    """A cell's element-wise part and its gradient. With `tied`, `gx` and `gh` enter only as
+    their sum, so `dgh` is `dgx` (the time loop then keeps one of them)."""
+
+    count: int
+    forward: Callable
+    gradient: Callable
+    tied: bool
+
+
+GATES = {
+    "RNN_TANH": Gates(1, rnn_tanh_gates, rnn_tanh_gradient, tied=True),
+    "RNN_RELU": Gates(1, rnn_relu_gates, rnn_relu_gradient, tied=True),
+    "LSTM": Gates(4, lstm_gates, lstm_gradient, tied=True),
+    "GRU": Gates(3, gru_gates, gru_gradient, tied=False),
+}
 
 
 def split_carry(mode: str, carry):
@@ -161,7 +232,9 @@ def join_carry(mode: str, h, state):
 def cell_step(mode: str, weights: StepWeights, carry, gx: jax.Array):
     """One step of a cell: `(carry, gx) -> (carry', h')`, carry `h` or `(h, c)`."""
     h, state = split_carry(mode, carry)
-    state, u = GATES[mode](h, state, gx, hidden_projection(weights, h))
+    count = GATES[mode].count
+    gx, gh = split_gates(gx, count), split_gates(hidden_projection(weights, h), count)
+    state, u, _ = GATES[mode].forward(h, state, gx, gh)
     h = u if weights.w_hr is None else u @ weights.w_hr
     return join_carry(mode, h, state), h
 
@@ -171,7 +244,8 @@ def _step(mode):
         return cell_step(mode, weights, carry, gx)
 
     step.__name__ = step.__qualname__ = f"{mode.lower()}_step"
-    step.__doc__ = f"One {mode} step, `(weights, carry, gx) -> (carry', h')`; equations in `{GATES[mode].__name__}`."
+    equations = GATES[mode].forward.__name__
+    step.__doc__ = f"One {mode} step, `(weights, carry, gx) -> (carry', h')`; equations in `{equations}`."
     return step
 
 

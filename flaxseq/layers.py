@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxseq import checks, cudnn
-from flaxseq.cells import GATES, cast_weights, create_weights, input_weights, join_carry, split_carry, step_weights
+from flaxseq.cells import cast_weights, create_weights, input_weights, join_carry, split_carry, step_weights
 from flaxseq.recurrence import scan_direction
 
 
@@ -122,7 +122,6 @@ class _Recurrent(nn.Module):
         carries = self._initial_states(hx, batch, batched, x.dtype)
         x = jnp.asarray(x, dtype)
         carries = jax.tree.map(lambda s: jnp.asarray(s, dtype), carries)
-        gates = GATES[self.mode]
 
         finals = []
         if getattr(self, "use_cudnn", False):
@@ -139,7 +138,7 @@ class _Recurrent(nn.Module):
                 k = layer * directions + direction
                 w = cast_weights(weights[k], dtype)
                 ys, (h, state) = scan_direction(
-                    gates, step_weights(w), input_weights(w), x, split_carry(self.mode, carries[k]), lengths,
+                    self.mode, step_weights(w), input_weights(w), x, split_carry(self.mode, carries[k]), lengths,
                     reverse=direction == 1,
                 )
                 outputs.append(ys)  # [time, batch, output_size]

@@ -24,17 +24,19 @@ gradients are then one matrix product each over all steps, `dW_hh = sum_t dgh_t^
 `dW_ih = sum_t dgx_t^T x_t`, and so is the input's, `dx_t = dgx_t W_ih`. JAX's
 own transpose of `lax.scan` instead accumulates `dW_hh` inside the loop, one small product and
 a read and write of the whole `[gates * hidden, hidden]` accumulator per step. The element-wise
-gate functions (`flaxseq.cells.GATES`) are still differentiated by `jax.vjp`, step by step, so
-every cell shares this one loop.
+part of each step is differentiated by its cell's rule (`flaxseq.cells.GATES`): the
+forward loop saves the gate activations and the backward loop multiplies them, so it computes
+no exp or tanh but the LSTM's one `tanh(c_t)`. Arrays the loop reads per step are kept per gate
+(`[time, batch, hidden]` each), which XLA:CPU compiles to much faster step code than slices of
+one `[time, batch, gates * hidden]` array (`flaxseq/cells.py`).
 """
 
-from collections.abc import Callable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
-from flaxseq.cells import InputWeights, StepWeights
+from flaxseq.cells import GATES, InputWeights, StepWeights, split_gates
 
 
 def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
@@ -44,7 +46,7 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
 
 
 def scan_direction(
-    gates: Callable, weights: StepWeights, projection: InputWeights, x: jax.Array, carry,
+    mode: str, weights: StepWeights, projection: InputWeights, x: jax.Array, carry,
     lengths: jax.Array | None = None, reverse: bool = False,
 ):
     """Run one direction of one layer over the time axis of `x`.
@@ -53,7 +55,7 @@ def scan_direction(
     gx, gh); h = u @ W_hr^T` (no projection unless `weights.w_hr`), and outputs `h`.
 
     Args:
-      gates: a cell's element-wise function (`flaxseq.cells.GATES`).
+      mode: the cell, a key of `flaxseq.cells.GATES` (`"LSTM"`, `"GRU"`, `"RNN_TANH"`, `"RNN_RELU"`).
       weights: `StepWeights` (`W_hh^T`, `b_hh`, `W_hr^T`).
       projection: `InputWeights` (`W_ih^T [input, gates * hidden]`, `b_ih` or None).
       x: the layer's input, `[time, batch, input]`.
@@ -68,7 +70,7 @@ def scan_direction(
     """
     h0, s0 = carry
     if lengths is None:
-        ys, h, s = recurrence(gates, reverse, weights, projection, x, h0, s0, None)
+        ys, h, s = recurrence(mode, reverse, weights, projection, x, h0, s0, None)
         return ys, (h, s)
 
     time_steps = x.shape[0]
@@ -77,7 +79,7 @@ def scan_direction(
     if reverse:
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1]
         x = jnp.take_along_axis(x, index, axis=0)
-    ys, h, s = recurrence(gates, False, weights, projection, x, h0, s0, mask)
+    ys, h, s = recurrence(mode, False, weights, projection, x, h0, s0, mask)
     if reverse:
         ys = jnp.take_along_axis(ys, index, axis=0)
     return ys, (h, s)
@@ -96,23 +98,25 @@ def _project(projection: InputWeights, x: jax.Array) -> jax.Array:
     return gx if projection.b_ih is None else gx + projection.b_ih
 
 
-def _forward(gates, reverse, weights: StepWeights, projection, xs, h0, s0, mask, save: bool):
+def _forward(mode, reverse, weights: StepWeights, projection, xs, h0, s0, mask, save: bool):
     """The loop over `xs`: the inputs `[time, batch, input]` projected at each step if
-    `projection` is given, else the projections `[time, batch, gates * hidden]` themselves.
-    With `save`, also the residuals of each step that the backward loop reads."""
+    `projection` is given, else the projections themselves, a tuple of per-gate parts
+    `[time, batch, hidden]`. With `save`, also the residuals of each step that the backward loop
+    reads: `h_{t-1}`, `state_{t-1}`, the cell's saved activations, and `u_t` with a projection."""
+    gates = GATES[mode]
 
     def step(carry, inputs):
         h, s = carry
-        x_t, m = inputs  # [batch, input or gates * hidden], [batch] or None
-        gx_t = x_t if projection is None else _project(projection, x_t)  # [batch, gates * hidden]
+        x_t, m = inputs  # [batch, input] or per-gate parts [batch, hidden]; [batch] or None
+        gx_t = x_t if projection is None else split_gates(_project(projection, x_t), gates.count)
         gh = h @ weights.w_hh  # [batch, gates * hidden]
         if weights.b_hh is not None:
             gh = gh + weights.b_hh
-        s_new, u = gates(h, s, gx_t, gh)  # u: [batch, hidden]
+        s_new, u, saved = gates.forward(h, s, gx_t, split_gates(gh, gates.count))  # u: [batch, hidden]
         h_new = u if weights.w_hr is None else u @ weights.w_hr
         y = h_new if m is None else jnp.where(m[:, None], h_new, jnp.zeros_like(h_new))
         h_new, s_new = _select(m, (h_new, s_new), (h, s))
-        residuals = (h, s, gh, u if weights.w_hr is not None else ()) if save else ()
+        residuals = (h, s, saved, u if weights.w_hr is not None else ()) if save else ()
         return (h_new, s_new), (y, residuals)
 
     (h, s), (ys, residuals) = jax.lax.scan(step, (h0, s0), (xs, mask), reverse=reverse)
@@ -120,42 +124,45 @@ def _forward(gates, reverse, weights: StepWeights, projection, xs, h0, s0, mask,
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def recurrence(gates, reverse, weights: StepWeights, projection: InputWeights, x, h0, s0, mask):
+def recurrence(mode, reverse, weights: StepWeights, projection: InputWeights, x, h0, s0, mask):
     """`(ys [time, batch, out], h_T, state_T)` of the loop in `scan_direction`, with a hand-written
     gradient (module docstring). `mask`: `[time, batch]` booleans (False: skip the step) or None.
     Not differentiated, the input projection is computed inside the loop."""
-    ys, h, s, _ = _forward(gates, reverse, weights, projection, x, h0, s0, mask, save=False)
+    ys, h, s, _ = _forward(mode, reverse, weights, projection, x, h0, s0, mask, save=False)
     return ys, h, s
 
 
-def _recurrence_fwd(gates, reverse, weights, projection, x, h0, s0, mask):
+def _recurrence_fwd(mode, reverse, weights, projection, x, h0, s0, mask):
     gx = _project(projection, x)  # [time, batch, gates * hidden], one product for all steps
-    ys, h, s, residuals = _forward(gates, reverse, weights, None, gx, h0, s0, mask, save=True)
-    return (ys, h, s), (weights, projection, x, gx, mask, residuals)
+    gx = split_gates(gx, GATES[mode].count)  # per-gate parts [time, batch, hidden]
+    ys, h, s, residuals = _forward(mode, reverse, weights, None, gx, h0, s0, mask, save=True)
+    return (ys, h, s), (weights, projection, x, mask, residuals)
 
 
-def _recurrence_bwd(gates, reverse, saved, cotangents):
-    weights, projection, x, gx, mask, (hs, ss, ghs, us) = saved  # hs: h_{t-1} [time, batch, proj or hidden]
+def _recurrence_bwd(mode, reverse, residuals, cotangents):
+    weights, projection, x, mask, (hs, ss, saved, us) = residuals  # hs: h_{t-1} [time, batch, proj or hidden]
+    gates = GATES[mode]
     dys, dh, ds = cotangents
     w_hh = weights.w_hh.T  # [gates * hidden, proj or hidden], transposed once, outside the loop
     w_hr = None if weights.w_hr is None else weights.w_hr.T  # [proj, hidden]
 
     def step(carry, inputs):
         dh, ds = carry  # gradients of h_t and state_t
-        gx_t, gh_t, h, s, dy, m = inputs
+        saved_t, h, s, dy, m = inputs
         dh_total = dh + dy  # h_t is both the output and the next step's input
         du = dh_total if w_hr is None else dh_total @ w_hr
-        _, gates_vjp = jax.vjp(gates, h, s, gx_t, gh_t)
-        dh_prev, ds_prev, dgx, dgh = gates_vjp((ds, du))
+        dh_prev, ds_prev, dgx, dgh = gates.gradient(saved_t, h, s, ds, du)  # dgx, dgh: [batch, gates * hidden]
         dh_prev = dh_prev + dgh @ w_hh
         zero = jnp.zeros_like
         dh_prev, ds_prev = _select(m, (dh_prev, ds_prev), (dh, ds))  # a skipped step passes them on
         dgx, dgh, dh_total = _select(m, (dgx, dgh, dh_total), (zero(dgx), zero(dgh), zero(dh_total)))
-        return (dh_prev, ds_prev), (dgx, dgh, dh_total if w_hr is not None else ())
+        return (dh_prev, ds_prev), (dgx, () if gates.tied else dgh, dh_total if w_hr is not None else ())
 
     (dh0, ds0), (dgx, dgh, dh_totals) = jax.lax.scan(
-        step, (dh, ds), (gx, ghs, hs, ss, dys, mask), reverse=not reverse
+        step, (dh, ds), (saved, hs, ss, dys, mask), reverse=not reverse
     )
+    if gates.tied:
+        dgh = dgx  # [time, batch, gates * hidden]
     # the weight gradients: one matrix product each, over all time steps and the batch
     d_weights = StepWeights(
         w_hh=jnp.einsum("tbi,tbg->ig", hs, dgh),  # [proj or hidden, gates * hidden]

@@ -23,8 +23,8 @@ from parity.layers import torch_forward
 GPU = jax.default_backend() == "gpu"
 
 
-def _autodiff_recurrence(gates, reverse, weights, projection, x, h0, s0, mask):
-    ys, h, s, _ = recurrence._forward(gates, reverse, weights, projection, x, h0, s0, mask, save=False)
+def _autodiff_recurrence(mode, reverse, weights, projection, x, h0, s0, mask):
+    ys, h, s, _ = recurrence._forward(mode, reverse, weights, projection, x, h0, s0, mask, save=False)
     return ys, h, s
 
 
