@@ -2,6 +2,6 @@
 
 import sys
 
-from flaxseq.cli import main
+from flaxseq.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

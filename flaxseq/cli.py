@@ -18,6 +18,8 @@ import pathlib
 import sys
 import typing
 
+from flaxseq.memory import keep_freed_memory
+
 HELP = {
     "out": "run folder: checkpoint, metrics.json, curves.png, vocabularies",
     "epochs": "training epochs",
@@ -113,3 +115,11 @@ def main(argv=None) -> int:
         saved.export(run, pathlib.Path(args.file))
         print(f"wrote {args.file}")
     return 0
+
+
+def entry() -> int:
+    """The `flaxseq` command and `python -m flaxseq`: `main`, with malloc set first to keep freed
+    memory for reuse (`flaxseq.memory`), so that jitted steps do not fault their temporaries in
+    at every call. A process setting, so it is made here and not in `main`, which tests call."""
+    keep_freed_memory()
+    return main()

@@ -22,6 +22,10 @@ allocator's peak over its allocation before the call.
     python -m parity.bench --device gpu # JAX's GPU backend and torch on CUDA, TF32 off on both
 
 Writes a table to the terminal, and JSON and a PNG chart of the ratios where asked.
+
+Before anything runs, malloc is set to keep freed memory for reuse (`flaxseq.memory`, both
+frameworks share the process): without it every jitted call faults its temporary buffer in
+afresh. `--malloc default` leaves glibc's settings as they are.
 """
 
 import argparse
@@ -39,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from flaxseq.memory import keep_freed_memory
 
 PASSES = ("forward", "train")
 
@@ -555,7 +561,7 @@ def plot(records: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def environment(device: str) -> dict:
+def environment(device: str, malloc: str) -> dict:
     import jax
     import torch
 
@@ -564,7 +570,7 @@ def environment(device: str) -> dict:
         "cpus": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()], "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "device": device,
-        "cuda": torch.cuda.get_device_name() if device == "gpu" else None,
+        "cuda": torch.cuda.get_device_name() if device == "gpu" else None, "malloc": malloc,
     }
 
 
@@ -596,6 +602,8 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--gpu", dest="device", action="store_const", const="gpu", help="same as --device gpu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                   help="keep: malloc keeps freed memory for reuse (flaxseq.memory); default: glibc's settings")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every row's timing budget")
     p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
     p.add_argument("--compile-limit", type=float, default=90.0,
@@ -622,9 +630,11 @@ def select_rows(args) -> list[Row]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.torch_memory:
+    if args.torch_memory:  # the memory child keeps glibc's settings (torch_memory_subprocess)
         _torch_memory_child({r.name: r for r in ROWS}[args.torch_memory], args.dtype)
         return 0
+    if args.malloc == "keep" and not keep_freed_memory():
+        args.malloc = "default (no glibc malloc to set)"
     rows = select_rows(args)
     if args.list:
         for r in rows:
@@ -632,9 +642,9 @@ def main(argv=None) -> int:
                   f"hidden {r.hidden_size:<4} layers {r.num_layers} bi {r.bidirectional} proj {r.proj_size}")
         return 0
     configure(args.device, args.dtype)
-    env = environment(args.device)
+    env = environment(args.device, args.malloc)
     print(f"# jax {env['jax']} ({env['jax_backend']}), torch {env['torch']} ({env['torch_threads']} threads), "
-          f"{args.dtype}, {env['cuda'] or env['machine']}", flush=True)
+          f"{args.dtype}, {env['cuda'] or env['machine']}, malloc {args.malloc}", flush=True)
     records = []
     for row in rows:
         start = time.perf_counter()

@@ -1,0 +1,46 @@
+"""Keep memory that a jitted call frees, for the next call (Linux with glibc).
+
+XLA:CPU allocates a compiled function's temporary buffer at every call and frees it at the end.
+glibc's malloc gives blocks that large back to the kernel at once (`munmap`: always for blocks
+over 64 MB requested from a thread other than the main one, which is where XLA runs), so the
+next call writes into fresh pages and the kernel faults each one in. At the classifier LSTM's
+training step that is 32,000 page faults and 76 ms of system time per step, a third of the
+step (`docs/performance.md`).
+
+`keep_freed_memory()` sets malloc to keep freed memory in the process and hand it out again:
+one arena for all threads (`M_ARENA_MAX=1`), no blocks mapped on their own (`M_MMAP_MAX=0`),
+no trimming of the heap (`M_TRIM_THRESHOLD`). The cost: the process keeps its peak memory until
+it exits. It applies to the whole process (PyTorch's allocations too) and works best called
+before JAX first runs, while XLA's threads have not yet made their own arenas.
+
+    import flaxseq.memory
+    flaxseq.memory.keep_freed_memory()  # first thing in a training script
+"""
+
+import ctypes
+import ctypes.util
+import functools
+
+# mallopt parameters, from glibc's <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+_NEVER = 2**31 - 1  # the largest int mallopt takes
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make malloc keep freed memory for reuse (see the module docstring).
+
+    Returns True when set, False where there is no glibc malloc to set (macOS, Windows, musl).
+    Calling it again does nothing more.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _NEVER))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
