@@ -3,13 +3,14 @@
 This is the only place that loops over time. Layers call `scan_direction` once per layer and
 direction with the layer's input and `W_ih^T`, `b_ih`.
 
-Where the input projection `x_t @ W_ih^T + b_ih` is computed depends on whether the loop is
-differentiated. Differentiated, it is one large product over all steps before the loop (and its
-gradients `dx`, `dW_ih` one product each after the backward loop). Not differentiated (inference,
-evaluation), it is computed inside the loop, step by step, as flax's cells do: the projection of
-all steps is a `[time, batch, gates * hidden]` buffer written, read back and faulted in fresh at
-every call, which made the forward pass 1.5 to 2x slower at large sizes
-(`docs/performance.md`). The two orders round differently, within float rounding.
+Where the input projection `x_t @ W_ih^T + b_ih` is computed: differentiated, it is one large
+product over all steps before the loop (and its gradients `dx`, `dW_ih` one product each after
+the backward loop). Not differentiated (inference, evaluation), the same, unless the projection
+of all steps, a `[time, batch, gates * hidden]` buffer, is larger than `PROJECTION_BUFFER_BYTES`:
+then it is computed inside the loop, step by step, as flax's cells do, since writing and reading
+back that buffer made the forward pass up to 1.5x slower at large sizes and held 1.25 GB at a
+sequence of 1,000 steps (`docs/performance.md`). The two orders round differently, within float
+rounding.
 
 Variable lengths give what PyTorch's `pack_padded_sequence(..., enforce_sorted=False)` then
 `pad_packed_sequence(..., total_length=T)` give: outputs past a sequence's length are zero,
@@ -37,6 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from flaxseq.cells import GATES, InputWeights, StepWeights, split_gates
+
+# Not differentiated, a larger input projection of all steps is computed step by step instead
+PROJECTION_BUFFER_BYTES = 32 * 2**20
 
 
 def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
@@ -127,8 +131,14 @@ def _forward(mode, reverse, weights: StepWeights, projection, xs, h0, s0, mask, 
 def recurrence(mode, reverse, weights: StepWeights, projection: InputWeights, x, h0, s0, mask):
     """`(ys [time, batch, out], h_T, state_T)` of the loop in `scan_direction`, with a hand-written
     gradient (module docstring). `mask`: `[time, batch]` booleans (False: skip the step) or None.
-    Not differentiated, the input projection is computed inside the loop."""
-    ys, h, s, _ = _forward(mode, reverse, weights, projection, x, h0, s0, mask, save=False)
+    Not differentiated, the input projection is computed inside the loop above
+    `PROJECTION_BUFFER_BYTES`."""
+    count = GATES[mode].count
+    if x.shape[0] * x.shape[1] * projection.w_ih.shape[1] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES:
+        ys, h, s, _ = _forward(mode, reverse, weights, projection, x, h0, s0, mask, save=False)
+    else:
+        gx = split_gates(_project(projection, x), count)  # per-gate parts [time, batch, hidden]
+        ys, h, s, _ = _forward(mode, reverse, weights, None, gx, h0, s0, mask, save=False)
     return ys, h, s
 
 

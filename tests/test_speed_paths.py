@@ -6,6 +6,7 @@ on any machine, and the path itself against PyTorch where a GPU exists.
 """
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,6 +52,53 @@ def test_custom_gradient_equals_autodiff(mode, lengths, monkeypatch):
     reference = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
     for a, b in zip(jax.tree.leaves(custom), jax.tree.leaves(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["RNN_RELU", "LSTM", "LSTM_PROJ", "GRU"])
+def test_projection_inside_the_loop_matches(mode, monkeypatch):
+    """Above `PROJECTION_BUFFER_BYTES` inference projects step by step: same outputs (float64)."""
+    kind, _, act = mode.partition("_")
+    extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
+    module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, param_dtype=jnp.float64, **extra)
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((7, 3, 4)))
+    lengths = jnp.asarray([7, 2, 5])
+    variables = module.init(jax.random.key(0), x)
+    apply = jax.jit(lambda v, x: module.apply(v, x, lengths=lengths))
+    whole = apply(variables, x)
+    monkeypatch.setattr(recurrence, "PROJECTION_BUFFER_BYTES", 0)
+    stepwise = jax.jit(lambda v, x: module.apply(v, x, lengths=lengths))(variables, x)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(stepwise), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+    # and it did take the other path: two products per step (x_t and h) instead of one
+    assert _products_per_step(lambda v: module.apply(v, x, lengths=lengths), variables) == {2}
+    monkeypatch.undo()
+    assert _products_per_step(lambda v: module.apply(v, x, lengths=lengths), variables) == {1}
+
+
+def _products_per_step(fn, *args) -> set[int]:
+    """The number of matrix products (projection excluded) in each time loop's step, except
+    `W_hr` ones; a set over the loops of `fn`."""
+    counts = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                body = eqn.params["jaxpr"].jaxpr
+                dots = [e for e in _all_eqns(body) if e.primitive.name == "dot_general"]
+                counts.add(sum(e.outvars[0].aval.shape[-1] != 3 for e in dots))  # 3: proj_size
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return counts
+
+
+def _all_eqns(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _all_eqns(sub)
 
 
 def test_forward_only_matches_under_jit_and_grad():
