@@ -175,16 +175,31 @@ def _recurrence_bwd(mode, reverse, residuals, cotangents):
         dgh = dgx  # [time, batch, gates * hidden]
     # the weight gradients: one matrix product each, over all time steps and the batch
     d_weights = StepWeights(
-        w_hh=jnp.einsum("tbi,tbg->ig", hs, dgh),  # [proj or hidden, gates * hidden]
+        w_hh=_sum_of_outer_products(hs, dgh),  # [proj or hidden, gates * hidden]
         b_hh=None if weights.b_hh is None else dgh.sum(axis=(0, 1)),
-        w_hr=None if weights.w_hr is None else jnp.einsum("tbh,tbp->hp", us, dh_totals),
+        w_hr=None if weights.w_hr is None else _sum_of_outer_products(us, dh_totals),
     )
     d_projection = InputWeights(
-        w_ih=jnp.einsum("tbi,tbg->ig", x, dgx),  # [input, gates * hidden]
+        w_ih=_sum_of_outer_products(x, dgx),  # [input, gates * hidden]
         b_ih=None if projection.b_ih is None else dgx.sum(axis=(0, 1)),
     )
     dx = jnp.einsum("tbg,ig->tbi", dgx, projection.w_ih)  # [time, batch, input]
     return d_weights, d_projection, dx, dh0, ds0, None
+
+
+def _sum_of_outer_products(a, b):
+    """`sum_t a_t^T b_t` over time and batch: `[time, batch, m]`, `[time, batch, n]` -> `[m, n]`.
+
+    One 2-D product over the `time * batch` rows, computed as `(b^T a)^T` with `b^T` copied out
+    first. The layer's gradient transposes the result back to PyTorch's `[n, m]` layout of its
+    weights, so XLA gets `b^T a`, row-major, from its fast matrix kernel, which needs a
+    row-major left operand. Without the barrier XLA folds the transpose of `b` into the
+    product and takes a slower kernel; computed as `a^T b`, it reads the result transposed in
+    every consumer (the optimizer's update). `docs/performance.md`, finding 17.
+    """
+    a = a.reshape(-1, a.shape[-1])  # [time * batch, m]
+    b = b.reshape(-1, b.shape[-1])  # [time * batch, n]
+    return (jax.lax.optimization_barrier(b.T) @ a).T
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
