@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxseq import checks, cudnn
-from flaxseq.cells import cast_weights, create_weights, input_weights, join_carry, split_carry, step_weights
+from flaxseq.cells import cast_weights, create_weights, join_carry, split_carry
 from flaxseq.recurrence import scan_direction
 
 
@@ -138,8 +138,7 @@ class _Recurrent(nn.Module):
                 k = layer * directions + direction
                 w = cast_weights(weights[k], dtype)
                 ys, (h, state) = scan_direction(
-                    self.mode, step_weights(w), input_weights(w), x, split_carry(self.mode, carries[k]), lengths,
-                    reverse=direction == 1,
+                    self.mode, w, x, split_carry(self.mode, carries[k]), lengths, reverse=direction == 1
                 )
                 outputs.append(ys)  # [time, batch, output_size]
                 finals.append(join_carry(self.mode, h, state))

@@ -1,7 +1,7 @@
 """The time loop: scan a cell over time, in either direction, with variable lengths.
 
 This is the only place that loops over time. Layers call `scan_direction` once per layer and
-direction with the layer's input and `W_ih^T`, `b_ih`.
+direction with the layer's input and that cell's weights, in PyTorch's layout (`Weights`).
 
 Where the input projection `x_t @ W_ih^T + b_ih` is computed: differentiated, it is one large
 product over all steps before the loop (and its gradients `dx`, `dW_ih` one product each after
@@ -22,7 +22,8 @@ same mask, and reversed back.
 The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop only
 carries `dh`, `dc` and produces each step's gate gradients `dgh_t`, `dgx_t`; the weight
 gradients are then one matrix product each over all steps, `dW_hh = sum_t dgh_t^T h_{t-1}`,
-`dW_ih = sum_t dgx_t^T x_t`, and so is the input's, `dx_t = dgx_t W_ih`. JAX's
+`dW_ih = sum_t dgx_t^T x_t`, and so is the input's, `dx_t = dgx_t W_ih`, each written straight
+into PyTorch's layout (`_summed_outer_products`). JAX's
 own transpose of `lax.scan` instead accumulates `dW_hh` inside the loop, one small product and
 a read and write of the whole `[gates * hidden, hidden]` accumulator per step. The element-wise
 part of each step is differentiated by its cell's rule (`flaxseq.cells.GATES`): the
@@ -37,7 +38,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from flaxseq.cells import GATES, InputWeights, StepWeights, split_gates
+from flaxseq.cells import GATES, InputWeights, StepWeights, Weights, input_weights, split_gates, step_weights
 
 # Not differentiated, a larger input projection of all steps is computed step by step instead
 PROJECTION_BUFFER_BYTES = 32 * 2**20
@@ -50,8 +51,7 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
 
 
 def scan_direction(
-    mode: str, weights: StepWeights, projection: InputWeights, x: jax.Array, carry,
-    lengths: jax.Array | None = None, reverse: bool = False,
+    mode: str, weights: Weights, x: jax.Array, carry, lengths: jax.Array | None = None, reverse: bool = False,
 ):
     """Run one direction of one layer over the time axis of `x`.
 
@@ -60,8 +60,7 @@ def scan_direction(
 
     Args:
       mode: the cell, a key of `flaxseq.cells.GATES` (`"LSTM"`, `"GRU"`, `"RNN_TANH"`, `"RNN_RELU"`).
-      weights: `StepWeights` (`W_hh^T`, `b_hh`, `W_hr^T`).
-      projection: `InputWeights` (`W_ih^T [input, gates * hidden]`, `b_ih` or None).
+      weights: the cell's `Weights`, PyTorch's layout (`W_ih [gates * hidden, input]`, ...).
       x: the layer's input, `[time, batch, input]`.
       carry: initial `(h [batch, proj or hidden], state)`, `state` the LSTM's `c [batch, hidden]`
         or `()`.
@@ -74,7 +73,7 @@ def scan_direction(
     """
     h0, s0 = carry
     if lengths is None:
-        ys, h, s = recurrence(mode, reverse, weights, projection, x, h0, s0, None)
+        ys, h, s = recurrence(mode, reverse, weights, x, h0, s0, None)
         return ys, (h, s)
 
     time_steps = x.shape[0]
@@ -83,7 +82,7 @@ def scan_direction(
     if reverse:
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1]
         x = jnp.take_along_axis(x, index, axis=0)
-    ys, h, s = recurrence(mode, False, weights, projection, x, h0, s0, mask)
+    ys, h, s = recurrence(mode, False, weights, x, h0, s0, mask)
     if reverse:
         ys = jnp.take_along_axis(ys, index, axis=0)
     return ys, (h, s)
@@ -128,33 +127,34 @@ def _forward(mode, reverse, weights: StepWeights, projection, xs, h0, s0, mask, 
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def recurrence(mode, reverse, weights: StepWeights, projection: InputWeights, x, h0, s0, mask):
+def recurrence(mode, reverse, weights: Weights, x, h0, s0, mask):
     """`(ys [time, batch, out], h_T, state_T)` of the loop in `scan_direction`, with a hand-written
     gradient (module docstring). `mask`: `[time, batch]` booleans (False: skip the step) or None.
     Not differentiated, the input projection is computed inside the loop above
     `PROJECTION_BUFFER_BYTES`."""
     count = GATES[mode].count
-    if x.shape[0] * x.shape[1] * projection.w_ih.shape[1] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES:
-        ys, h, s, _ = _forward(mode, reverse, weights, projection, x, h0, s0, mask, save=False)
+    projection = input_weights(weights)
+    if x.shape[0] * x.shape[1] * weights.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES:
+        ys, h, s, _ = _forward(mode, reverse, step_weights(weights), projection, x, h0, s0, mask, save=False)
     else:
         gx = split_gates(_project(projection, x), count)  # per-gate parts [time, batch, hidden]
-        ys, h, s, _ = _forward(mode, reverse, weights, None, gx, h0, s0, mask, save=False)
+        ys, h, s, _ = _forward(mode, reverse, step_weights(weights), None, gx, h0, s0, mask, save=False)
     return ys, h, s
 
 
-def _recurrence_fwd(mode, reverse, weights, projection, x, h0, s0, mask):
-    gx = _project(projection, x)  # [time, batch, gates * hidden], one product for all steps
+def _recurrence_fwd(mode, reverse, weights, x, h0, s0, mask):
+    gx = _project(input_weights(weights), x)  # [time, batch, gates * hidden], one product for all steps
     gx = split_gates(gx, GATES[mode].count)  # per-gate parts [time, batch, hidden]
-    ys, h, s, residuals = _forward(mode, reverse, weights, None, gx, h0, s0, mask, save=True)
-    return (ys, h, s), (weights, projection, x, mask, residuals)
+    ys, h, s, residuals = _forward(mode, reverse, step_weights(weights), None, gx, h0, s0, mask, save=True)
+    return (ys, h, s), (weights, x, mask, residuals)
 
 
 def _recurrence_bwd(mode, reverse, residuals, cotangents):
-    weights, projection, x, mask, (hs, ss, saved, us) = residuals  # hs: h_{t-1} [time, batch, proj or hidden]
+    weights, x, mask, (hs, ss, saved, us) = residuals  # hs: h_{t-1} [time, batch, proj or hidden]
     gates = GATES[mode]
     dys, dh, ds = cotangents
-    w_hh = weights.w_hh.T  # [gates * hidden, proj or hidden], transposed once, outside the loop
-    w_hr = None if weights.w_hr is None else weights.w_hr.T  # [proj, hidden]
+    w_hh = weights.w_hh  # [gates * hidden, proj or hidden]
+    w_hr = weights.w_hr  # [proj, hidden] or None
 
     def step(carry, inputs):
         dh, ds = carry  # gradients of h_t and state_t
@@ -174,32 +174,28 @@ def _recurrence_bwd(mode, reverse, residuals, cotangents):
     if gates.tied:
         dgh = dgx  # [time, batch, gates * hidden]
     # the weight gradients: one matrix product each, over all time steps and the batch
-    d_weights = StepWeights(
-        w_hh=_sum_of_outer_products(hs, dgh),  # [proj or hidden, gates * hidden]
+    d_weights = Weights(
+        w_ih=_summed_outer_products(dgx, x),  # [gates * hidden, input]
+        w_hh=_summed_outer_products(dgh, hs),  # [gates * hidden, proj or hidden]
+        b_ih=None if weights.b_ih is None else dgx.sum(axis=(0, 1)),
         b_hh=None if weights.b_hh is None else dgh.sum(axis=(0, 1)),
-        w_hr=None if weights.w_hr is None else _sum_of_outer_products(us, dh_totals),
+        w_hr=None if weights.w_hr is None else _summed_outer_products(dh_totals, us),  # [proj, hidden]
     )
-    d_projection = InputWeights(
-        w_ih=_sum_of_outer_products(x, dgx),  # [input, gates * hidden]
-        b_ih=None if projection.b_ih is None else dgx.sum(axis=(0, 1)),
-    )
-    dx = jnp.einsum("tbg,ig->tbi", dgx, projection.w_ih)  # [time, batch, input]
-    return d_weights, d_projection, dx, dh0, ds0, None
+    dx = jnp.einsum("tbg,gi->tbi", dgx, weights.w_ih)  # [time, batch, input]
+    return d_weights, dx, dh0, ds0, None
 
 
-def _sum_of_outer_products(a, b):
-    """`sum_t a_t^T b_t` over time and batch: `[time, batch, m]`, `[time, batch, n]` -> `[m, n]`.
+def _summed_outer_products(dz, v):
+    """`sum_t dz_t^T v_t` over time and batch: `[time, batch, n]`, `[time, batch, m]` -> `[n, m]`,
+    a weight's gradient in PyTorch's layout.
 
-    One 2-D product over the `time * batch` rows, computed as `(b^T a)^T` with `b^T` copied out
-    first. The layer's gradient transposes the result back to PyTorch's `[n, m]` layout of its
-    weights, so XLA gets `b^T a`, row-major, from its fast matrix kernel, which needs a
-    row-major left operand. Without the barrier XLA folds the transpose of `b` into the
-    product and takes a slower kernel; computed as `a^T b`, it reads the result transposed in
-    every consumer (the optimizer's update). `docs/performance.md`, finding 17.
+    One 2-D product over the `time * batch` rows, with `dz^T` copied out first: XLA:CPU's fast
+    matrix kernel needs a row-major left operand, and without the barrier XLA folds the
+    transpose into the product and takes a slower kernel (`docs/performance.md`, finding 17).
     """
-    a = a.reshape(-1, a.shape[-1])  # [time * batch, m]
-    b = b.reshape(-1, b.shape[-1])  # [time * batch, n]
-    return (jax.lax.optimization_barrier(b.T) @ a).T
+    dz = dz.reshape(-1, dz.shape[-1])  # [time * batch, n]
+    v = v.reshape(-1, v.shape[-1])  # [time * batch, m]
+    return jax.lax.optimization_barrier(dz.T) @ v
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

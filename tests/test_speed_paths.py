@@ -16,7 +16,7 @@ import flaxseq
 import flaxseq.recurrence as recurrence
 import parity
 from flaxseq import cudnn
-from flaxseq.cells import Weights
+from flaxseq.cells import Weights, input_weights, step_weights
 from parity.cases import LayerCase
 from parity.compare import compare
 from parity.layers import torch_forward
@@ -24,8 +24,9 @@ from parity.layers import torch_forward
 GPU = jax.default_backend() == "gpu"
 
 
-def _autodiff_recurrence(mode, reverse, weights, projection, x, h0, s0, mask):
-    ys, h, s, _ = recurrence._forward(mode, reverse, weights, projection, x, h0, s0, mask, save=False)
+def _autodiff_recurrence(mode, reverse, weights, x, h0, s0, mask):
+    steps, projection = step_weights(weights), input_weights(weights)
+    ys, h, s, _ = recurrence._forward(mode, reverse, steps, projection, x, h0, s0, mask, save=False)
     return ys, h, s
 
 
