@@ -149,8 +149,12 @@ class _Recurrent(nn.Module):
         # x: [time, batch, directions * output_size]
         if not batched:
             output = x[:, 0]
+        elif self.batch_first:
+            # materialized as its own array: a consumer fused with the transpose, such as a
+            # mean over all outputs, hits a slow XLA:CPU reduction (`docs/performance.md`, 18)
+            output = jax.lax.optimization_barrier(jnp.swapaxes(x, 0, 1))
         else:
-            output = jnp.swapaxes(x, 0, 1) if self.batch_first else x
+            output = x
 
         def stack(states):  # [layers * directions, batch, size], or without batch when unbatched
             states = jnp.stack(states)
