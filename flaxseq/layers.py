@@ -138,7 +138,8 @@ class _Recurrent(nn.Module):
                 k = layer * directions + direction
                 w = cast_weights(weights[k], dtype)
                 ys, (h, state) = scan_direction(
-                    self.mode, w, x, split_carry(self.mode, carries[k]), lengths, reverse=direction == 1
+                    self.mode, w, x, split_carry(self.mode, carries[k]), lengths, reverse=direction == 1,
+                    custom_gradient=self.custom_gradient,
                 )
                 outputs.append(ys)  # [time, batch, output_size]
                 finals.append(join_carry(self.mode, h, state))
@@ -184,6 +185,11 @@ _CALL_DOC = """
     Returns `{returns}` with `output: [time, batch, num_directions * {out}]` (batch first with
     `batch_first`; no batch axis for unbatched input).
 
+    `custom_gradient` (default True): the loop's gradient is written by hand, as cuDNN does it
+    (`flaxseq.recurrence`), which is fast but reverse mode only (`jax.grad`, `jax.vjp`); with
+    False JAX differentiates the loop itself, so forward mode (`jax.jvp`, `jax.jacfwd`,
+    `jax.hessian`) works too, at a slower reverse mode. Same values either way.
+
     Differences from PyTorch: PyTorch's `dtype=` (the parameters' dtype) is `param_dtype` here,
     and `dtype` is Flax's computation dtype (None: promoted from input and parameters). `device=`
     has no meaning in JAX. A float64 `param_dtype` needs `jax.config.update('jax_enable_x64', True)`.
@@ -216,6 +222,7 @@ class RNN(_Recurrent):
     bidirectional: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    custom_gradient: bool = True
 
 
 class LSTM(_Recurrent):
@@ -248,6 +255,7 @@ class LSTM(_Recurrent):
     proj_size: int = 0
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    custom_gradient: bool = True
     use_cudnn: bool = False
 
     def __post_init__(self):
@@ -280,3 +288,4 @@ class GRU(_Recurrent):
     bidirectional: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    custom_gradient: bool = True

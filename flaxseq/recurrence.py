@@ -52,6 +52,7 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
 
 def scan_direction(
     mode: str, weights: Weights, x: jax.Array, carry, lengths: jax.Array | None = None, reverse: bool = False,
+    custom_gradient: bool = True,
 ):
     """Run one direction of one layer over the time axis of `x`.
 
@@ -67,13 +68,16 @@ def scan_direction(
       lengths: `[batch]` integers, or None when every sequence fills the time axis. Values are
         clipped to [0, time]; a sequence of length 0 gives zero outputs and keeps its `carry`.
       reverse: run from each sequence's last valid step back to its first.
+      custom_gradient: differentiate by the hand-written rule (`recurrence`, reverse mode only);
+        False: let JAX differentiate the loop (`plain_recurrence`), which forward mode needs.
 
     Returns:
       `(outputs [time, batch, proj or hidden], final (h, state))`; outputs in input time order.
     """
     h0, s0 = carry
+    loop = recurrence if custom_gradient else plain_recurrence
     if lengths is None:
-        ys, h, s = recurrence(mode, reverse, weights, x, h0, s0, None)
+        ys, h, s = loop(mode, reverse, weights, x, h0, s0, None)
         return ys, (h, s)
 
     time_steps = x.shape[0]
@@ -82,7 +86,7 @@ def scan_direction(
     if reverse:
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1]
         x = jnp.take_along_axis(x, index, axis=0)
-    ys, h, s = recurrence(mode, False, weights, x, h0, s0, mask)
+    ys, h, s = loop(mode, False, weights, x, h0, s0, mask)
     if reverse:
         ys = jnp.take_along_axis(ys, index, axis=0)
     return ys, (h, s)
@@ -124,6 +128,13 @@ def _forward(mode, reverse, weights: StepWeights, projection, xs, h0, s0, mask, 
 
     (h, s), (ys, residuals) = jax.lax.scan(step, (h0, s0), (xs, mask), reverse=reverse)
     return ys, h, s, residuals
+
+
+def plain_recurrence(mode, reverse, weights: Weights, x, h0, s0, mask):
+    """`recurrence` without its hand-written gradient: JAX differentiates the loop itself, in
+    forward mode (`jax.jvp`, `jax.jacfwd`) too; the input projection is computed in the loop."""
+    ys, h, s, _ = _forward(mode, reverse, step_weights(weights), input_weights(weights), x, h0, s0, mask, save=False)
+    return ys, h, s
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))

@@ -16,7 +16,7 @@ import flaxseq
 import flaxseq.recurrence as recurrence
 import parity
 from flaxseq import cudnn
-from flaxseq.cells import Weights, input_weights, step_weights
+from flaxseq.cells import Weights
 from parity.cases import LayerCase
 from parity.compare import compare
 from parity.layers import torch_forward
@@ -24,15 +24,9 @@ from parity.layers import torch_forward
 GPU = jax.default_backend() == "gpu"
 
 
-def _autodiff_recurrence(mode, reverse, weights, x, h0, s0, mask):
-    steps, projection = step_weights(weights), input_weights(weights)
-    ys, h, s, _ = recurrence._forward(mode, reverse, steps, projection, x, h0, s0, mask, save=False)
-    return ys, h, s
-
-
 @pytest.mark.parametrize("mode", ["RNN_TANH", "RNN_RELU", "LSTM", "LSTM_PROJ", "GRU"])
 @pytest.mark.parametrize("lengths", [False, True])
-def test_custom_gradient_equals_autodiff(mode, lengths, monkeypatch):
+def test_custom_gradient_equals_autodiff(mode, lengths):
     bias = not lengths  # both settings of each, in fewer compilations
     kind, _, act = mode.partition("_")
     extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
@@ -43,16 +37,39 @@ def test_custom_gradient_equals_autodiff(mode, lengths, monkeypatch):
     variables = module.init(jax.random.key(0), x)
     weights = [jnp.asarray(rng.standard_normal(o.shape)) for o in jax.tree.leaves(module.apply(variables, x))]
 
-    def loss(params, x):
-        outputs = jax.tree.leaves(module.apply({"params": params}, x, **kwargs))
-        return sum(jnp.sum(w * o) for w, o in zip(weights, outputs, strict=True))
+    def gradient(m):
+        def loss(params, x):
+            outputs = jax.tree.leaves(m.apply({"params": params}, x, **kwargs))
+            return sum(jnp.sum(w * o) for w, o in zip(weights, outputs, strict=True))
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    custom = grad(variables["params"], x)
-    monkeypatch.setattr(recurrence, "recurrence", _autodiff_recurrence)
-    reference = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+
+    custom = gradient(module)
+    reference = gradient(module.clone(custom_gradient=False))  # JAX's own differentiation of the loop
     for a, b in zip(jax.tree.leaves(custom), jax.tree.leaves(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_forward_mode_without_custom_gradient(kind):
+    """`custom_gradient=False` allows `jax.jvp`: its directional derivative equals the hand-written
+    gradient's dot product with the tangent (float64); the default raises JAX's error."""
+    module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, batch_first=True, param_dtype=jnp.float64)
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((3, 6, 4)))
+    lengths = jnp.asarray([6, 2, 4])
+    params = module.init(jax.random.key(0), x)["params"]
+    tangent = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), params)
+
+    def loss(m):
+        return lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x, lengths=lengths)[0]))
+
+    _, directional = jax.jvp(loss(module.clone(custom_gradient=False)), (params,), (tangent,))
+    grad = jax.grad(loss(module))(params)
+    expected = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grad), jax.tree.leaves(tangent), strict=True))
+    np.testing.assert_allclose(directional, expected, rtol=1e-12)
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        jax.jvp(loss(module), (params,), (tangent,))
 
 
 @pytest.mark.parametrize("mode", ["RNN_RELU", "LSTM", "LSTM_PROJ", "GRU"])
