@@ -44,3 +44,38 @@ def test_keep_freed_memory_stops_page_faults():
     # with it, the heap settles after a few calls and the last calls reuse its pages
     assert max(kept["faults"][-4:]) < 1_000, kept
 
+
+
+TOP_PAD_CHILD = """
+import ctypes, json, resource, sys
+import flaxseq.memory
+kept = flaxseq.memory.keep_freed_memory() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 2**31 + 2**28  # 2.25 GiB, above the largest trim threshold malloc takes
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": faults}))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_keep_freed_memory_keeps_blocks_above_the_trim_threshold():
+    """A block larger than malloc's largest trim threshold (the long-sequence row's temporaries)
+    is not handed back to the kernel whole at every free: `M_TOP_PAD` keeps 2 GB of it."""
+    result = subprocess.run(
+        [sys.executable, "-c", TOP_PAD_CHILD, "keep"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    kept = json.loads(result.stdout.strip().splitlines()[-1])
+    assert kept["kept"] is True
+    pages = (2**31 + 2**28) // 4096  # 589,824 pages of 4 KiB
+    assert kept["faults"][0] > pages // 2, kept  # the first block is fresh memory
+    # later blocks fault in only what was trimmed above the 2 GB kept (about 65,000 pages)
+    assert max(kept["faults"][1:]) < pages // 4, kept
