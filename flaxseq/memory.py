@@ -35,7 +35,7 @@ M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
-_NEVER = 2**31 - 1  # the largest int mallopt takes
+_LARGEST = 2**31 - 1  # the largest int mallopt takes: the trim threshold and the top kept, 2 GB
 
 
 @functools.cache
@@ -52,5 +52,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _NEVER), (M_TOP_PAD, _NEVER))
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _LARGEST), (M_TOP_PAD, _LARGEST))
     return all(mallopt(parameter, value) == 1 for parameter, value in settings)
