@@ -6,6 +6,7 @@
     flaxseq evaluate RUN            # the saved run's test metrics again
     flaxseq predict RUN TEXT...     # label, tags or phonemes for each text
     flaxseq export RUN FILE         # the trained weights as a PyTorch state_dict file
+    flaxseq --malloc default ...    # leave glibc's malloc as it is (see `entry`)
 
 Every `train` option is a field of the task's config dataclass; `--help` lists them with
 their defaults.
@@ -77,6 +78,11 @@ def _add_config_options(parser: argparse.ArgumentParser, config_type) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flaxseq", description="Train and use flaxseq's recurrent models.")
+    parser.add_argument(
+        "--malloc", choices=("keep", "default"), default="keep",
+        help="keep: malloc keeps freed memory for the next step (flaxseq.memory: faster steps, the process "
+        "holds several times its largest temporaries); default: glibc's settings (default: %(default)s)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model; writes a run folder")
     tasks = train.add_subparsers(dest="task", required=True)
@@ -96,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out a parsed command line."""
     if args.command == "train":
         config_type, train = _tasks()[args.task]
         config = config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})
@@ -119,7 +129,10 @@ def main(argv=None) -> int:
 
 def entry() -> int:
     """The `flaxseq` command and `python -m flaxseq`: `main`, with malloc set first to keep freed
-    memory for reuse (`flaxseq.memory`), so that jitted steps do not fault their temporaries in
-    at every call. A process setting, so it is made here and not in `main`, which tests call."""
-    keep_freed_memory()
-    return main()
+    memory for reuse (`flaxseq.memory`) unless `--malloc default`, so that jitted steps do not
+    fault their temporaries in at every call. A process setting, so it is made here, before
+    anything runs, and not in `main`, which tests call."""
+    args = build_parser().parse_args()
+    if args.malloc == "keep":
+        keep_freed_memory()
+    return run(args)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import flaxseq.cli as cli
 import flaxseq.train
 import torch_ref
 from flaxseq.cli import main
@@ -134,3 +135,20 @@ def test_missing_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a run folder: config.json is missing"):
         main(["evaluate", str(tmp_path)])
 
+
+
+@pytest.mark.parametrize("flags, kept", [([], True), (["--malloc", "keep"], True), (["--malloc", "default"], False)])
+def test_the_command_sets_malloc_unless_told_not_to(flags, kept, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(cli, "run", lambda args: calls.append(args.command) or 0)
+    monkeypatch.setattr(sys, "argv", ["flaxseq", *flags, "evaluate", str(tmp_path)])
+    assert cli.entry() == 0
+    assert calls == (["keep", "evaluate"] if kept else ["evaluate"])
+
+
+def test_malloc_choice_is_checked():
+    result = subprocess.run([sys.executable, "-m", "flaxseq", "--malloc", "off", "evaluate", "x"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "argument --malloc: invalid choice: 'off' (choose from 'keep', 'default')" in result.stderr
