@@ -20,6 +20,8 @@ allocator's peak over its allocation before the call.
     python -m parity.bench --quick      # the quick rows, about 1 minute
     python -m parity.bench --rows classifier-lstm --passes train --json out.json --png out.png
     python -m parity.bench --device gpu # JAX's GPU backend and torch on CUDA, TF32 off on both
+    python -m parity.bench --gpu --rows classifier-lstm --columns flaxseq \
+        --xla-option xla_gpu_autotune_level=0   # one column, compiled with an XLA option
 
 Writes a table to the terminal, and JSON and a PNG chart of the ratios where asked.
 
@@ -47,6 +49,8 @@ import numpy as np
 from flaxseq.memory import keep_freed_memory
 
 PASSES = ("forward", "train")
+# what a row can time besides PyTorch eager, the baseline every row times
+COLUMNS = ("flaxseq", "flaxseq-cudnn", "flax", "torch.compile")
 
 
 @dataclass(frozen=True)
@@ -224,14 +228,15 @@ def build(row: Row, dtype: str, torch_device) -> Workload:
 # Runners: each returns (call, compile_seconds, memory_bytes); `call()` runs once and waits.
 
 
-def jax_runners(apply: Callable, params, args: tuple, targets: tuple, loss: Callable):
-    """flaxseq (or any flax function `apply(params, *args)`): jitted forward and train step."""
+def jax_runners(apply: Callable, params, args: tuple, targets: tuple, loss: Callable, xla_options: dict):
+    """flaxseq (or any flax function `apply(params, *args)`): jitted forward and train step,
+    compiled with `xla_options` (XLA's compile options, `--xla-option`)."""
     import jax
     import optax
 
     def timed_compile(fn, *example):
         start = time.perf_counter()
-        compiled = fn.lower(*example).compile()
+        compiled = fn.lower(*example).compile(compiler_options=xla_options or None)
         seconds = time.perf_counter() - start
         return compiled, seconds, _jax_memory(compiled)
 
@@ -434,20 +439,26 @@ def run_row(row: Row, args) -> dict:
     w = build(row, args.dtype, torch_device)
     torch_targets = w.torch_targets
 
-    columns = {"flaxseq": jax_runners(w.flax_apply, w.variables["params"], w.jax_args, w.targets, w.jax_loss)}
+    wanted = set(args.columns)
+    columns = {}
+    if "flaxseq" in wanted:
+        columns["flaxseq"] = jax_runners(
+            w.flax_apply, w.variables["params"], w.jax_args, w.targets, w.jax_loss, args.xla_options
+        )
     columns["torch"] = torch_runners(w.torch_module, w.torch_call, w.torch_args, torch_targets, w.torch_loss, sync)
-    if row.kind == "LSTM" and not row.proj_size and args.device == "gpu":
+    if "flaxseq-cudnn" in wanted and row.kind == "LSTM" and not row.proj_size and args.device == "gpu":
         cudnn_module = w.flax_module.clone(use_cudnn=True)
         columns["flaxseq-cudnn"] = jax_runners(
             lambda p, *a: cudnn_module.apply({"params": p}, *a), w.variables["params"], w.jax_args, w.targets,
-            w.jax_loss,
+            w.jax_loss, args.xla_options,
         )
-    if row.kind == "LSTM" and not row.proj_size:
+    if "flax" in wanted and row.kind == "LSTM" and not row.proj_size:
         stack, stack_vars = flax_lstm_stack(row)
         columns["flax"] = jax_runners(
-            lambda p, *a: stack.apply({"params": p}, *a), stack_vars["params"], w.jax_args, w.targets, w.jax_loss
+            lambda p, *a: stack.apply({"params": p}, *a), stack_vars["params"], w.jax_args, w.targets, w.jax_loss,
+            args.xla_options,
         )
-    if args.torch_compile and not _COMPILE_STATE.get("disabled"):
+    if "torch.compile" in wanted and not _COMPILE_STATE.get("disabled"):
         try:
             start = time.perf_counter()
             module = build(row, args.dtype, torch_device).torch_module
@@ -459,7 +470,7 @@ def run_row(row: Row, args) -> dict:
         except Exception as e:
             _COMPILE_STATE["disabled"] = f"torch.compile failed on {row.name}: {type(e).__name__}: {str(e)[:120]}"
             record["notes"].append(_COMPILE_STATE["disabled"])
-    elif args.torch_compile:
+    elif "torch.compile" in wanted:
         record["notes"].append(f"torch.compile skipped ({_COMPILE_STATE['disabled']})")
 
     torch_memory = {}
@@ -605,7 +616,13 @@ def parse_args(argv=None):
     p.add_argument("--malloc", choices=("keep", "default"), default="keep",
                    help="keep: malloc keeps freed memory for reuse (flaxseq.memory); default: glibc's settings")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every row's timing budget")
-    p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false")
+    p.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS),
+                   help="what to time besides PyTorch eager (default: all that apply to the row)")
+    p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
+                   help="leave out the torch.compile column")
+    p.add_argument("--xla-option", dest="xla_options", action="append", default=[], metavar="NAME=VALUE",
+                   help="an XLA compile option for every JAX column, e.g. "
+                        "xla_gpu_experimental_enable_fusion_autotuner=false; repeatable")
     p.add_argument("--compile-limit", type=float, default=90.0,
                    help="seconds; a slower torch.compile turns the column off for later rows")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip PyTorch's CPU memory subprocess")
@@ -613,7 +630,40 @@ def parse_args(argv=None):
     p.add_argument("--png", help="write the ratio chart here")
     p.add_argument("--list", action="store_true", help="print the rows and exit")
     p.add_argument("--_torch-memory", dest="torch_memory", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.torch_compile:
+        args.columns = [c for c in args.columns if c != "torch.compile"]
+    args.xla_options = dict(_xla_option(text) for text in args.xla_options)
+    return args
+
+
+def _xla_option(text: str) -> tuple:
+    """`NAME=VALUE` as `(name, value)`, the value a bool, int or float where it reads as one."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--xla-option: expected NAME=VALUE, got {text!r}")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
+
+
+def check_xla_options(options: dict) -> None:
+    """Compile a tiny function with `options`, so that a bad one stops the run before any row."""
+    import jax
+    import jax.numpy as jnp
+
+    if not options:
+        return
+    try:
+        jax.jit(jnp.sin).lower(jnp.zeros(2)).compile(compiler_options=options)
+    except Exception as e:
+        raise SystemExit(f"--xla-option: {', '.join(f'{k}={v}' for k, v in options.items())} "
+                         f"rejected by XLA: {str(e)[:200]}") from None
 
 
 def select_rows(args) -> list[Row]:
@@ -642,9 +692,11 @@ def main(argv=None) -> int:
                   f"hidden {r.hidden_size:<4} layers {r.num_layers} bi {r.bidirectional} proj {r.proj_size}")
         return 0
     configure(args.device, args.dtype)
+    check_xla_options(args.xla_options)
     env = environment(args.device, args.malloc)
+    options = "".join(f", {k}={v}" for k, v in args.xla_options.items())
     print(f"# jax {env['jax']} ({env['jax_backend']}), torch {env['torch']} ({env['torch_threads']} threads), "
-          f"{args.dtype}, {env['cuda'] or env['machine']}, malloc {args.malloc}", flush=True)
+          f"{args.dtype}, {env['cuda'] or env['machine']}, malloc {args.malloc}{options}", flush=True)
     records = []
     for row in rows:
         start = time.perf_counter()

@@ -71,3 +71,25 @@ def test_list_and_unknown_rows(capsys):
     assert all(r.name in listed for r in bench.ROWS if r.quick)
     with pytest.raises(SystemExit, match="unknown rows"):
         bench.main(["--rows", "no-such-row"])
+
+
+def test_columns_and_xla_options(tiny_rows, tmp_path):
+    out, dump = tmp_path / "bench.json", tmp_path / "dump"
+    argv = ["--rows", "toy-lstm", "--columns", "flaxseq", "--no-memory", "--json", str(out),
+            "--xla-option", f"xla_dump_to={dump}", "--xla-option", "xla_cpu_enable_fast_math=false"]
+    assert bench.main(argv) == 0
+    run = json.loads(out.read_text())
+    assert run["args"]["xla_options"] == {"xla_dump_to": str(dump), "xla_cpu_enable_fast_math": False}
+    for result in run["records"][0]["passes"].values():
+        assert set(result) == {"flaxseq", "torch"}  # no flax stack, no torch.compile
+    dumped = {p.name.split(".")[1] for p in dump.glob("*.before_optimizations.txt")}
+    assert {"jit_train_step", "jit__lambda"} <= dumped  # the options reached the row's compilations
+
+
+@pytest.mark.parametrize("option, message", [
+    ("xla_no_such_option=1", "rejected by XLA: .*xla_no_such_option"),
+    ("no-equals-sign", "expected NAME=VALUE, got 'no-equals-sign'"),
+])
+def test_bad_xla_option_stops_before_any_row(option, message):
+    with pytest.raises(SystemExit, match=f"--xla-option: .*{message}"):
+        bench.main(["--rows", "toy-lstm", "--xla-option", option])
