@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from flaxseq import checks, cudnn
 from flaxseq.cells import cast_weights, create_weights, join_carry, split_carry
-from flaxseq.recurrence import scan_direction
+from flaxseq.recurrence import scan_layer
 
 
 class _Recurrent(nn.Module):
@@ -133,16 +133,12 @@ class _Recurrent(nn.Module):
             )
             finals = list(zip(h_n, c_n, strict=True))
         for layer in range(0 if finals else self.num_layers):
-            outputs = []
-            for direction in range(directions):
-                k = layer * directions + direction
-                w = cast_weights(weights[k], dtype)
-                ys, (h, state) = scan_direction(
-                    self.mode, w, x, split_carry(self.mode, carries[k]), lengths, reverse=direction == 1,
-                    custom_gradient=self.custom_gradient,
-                )
-                outputs.append(ys)  # [time, batch, output_size]
-                finals.append(join_carry(self.mode, h, state))
+            cells = range(layer * directions, (layer + 1) * directions)  # forward, then reverse
+            outputs, states = scan_layer(
+                self.mode, [cast_weights(weights[k], dtype) for k in cells], x,
+                [split_carry(self.mode, carries[k]) for k in cells], lengths, self.custom_gradient,
+            )  # outputs: per direction [time, batch, output_size]
+            finals += [join_carry(self.mode, h, state) for h, state in states]
             x = jnp.concatenate(outputs, axis=-1) if directions == 2 else outputs[0]
             if layer < self.num_layers - 1 and self.dropout > 0:
                 x = nn.Dropout(rate=self.dropout)(x, deterministic=deterministic)

@@ -1,7 +1,8 @@
 """The time loop: scan a cell over time, in either direction, with variable lengths.
 
-This is the only place that loops over time. Layers call `scan_direction` once per layer and
-direction with the layer's input and that cell's weights, in PyTorch's layout (`Weights`).
+This is the only place that loops over time. Layers call `scan_layer` once per layer with the
+layer's input and each direction's weights, in PyTorch's layout (`Weights`); the directions of
+a bidirectional layer step together in one loop, the reverse one over its input reversed.
 
 Where the input projection `x_t @ W_ih^T + b_ih` is computed: differentiated, it is one large
 product over all steps before the loop (and its gradients `dx`, `dW_ih` one product each after
@@ -15,9 +16,9 @@ rounding.
 Variable lengths give what PyTorch's `pack_padded_sequence(..., enforce_sorted=False)` then
 `pad_packed_sequence(..., total_length=T)` give: outputs past a sequence's length are zero,
 the final carry is the state at its last valid step, and the reverse direction starts at each
-sequence's own last element. Forward, a mask freezes the carry once `t >= length`; reverse,
-each sequence's valid prefix is reversed in place (an involution), scanned forward with the
-same mask, and reversed back.
+sequence's own last element. A mask freezes the carry once `t >= length`; the reverse
+direction reads each sequence's valid prefix reversed in place (an involution), steps forward
+with the same mask, and its outputs are reversed back.
 
 The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop only
 carries `dh`, `dc` and produces each step's gate gradients `dgh_t`, `dgx_t`; the weight
@@ -50,46 +51,54 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
     return jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
 
 
-def scan_direction(
-    mode: str, weights: Weights, x: jax.Array, carry, lengths: jax.Array | None = None, reverse: bool = False,
+def scan_layer(
+    mode: str, weights: list[Weights], x: jax.Array, carries: list, lengths: jax.Array | None = None,
     custom_gradient: bool = True,
 ):
-    """Run one direction of one layer over the time axis of `x`.
+    """Run one layer over the time axis of `x`: its directions, forward then reverse, in one loop.
 
-    Each step is `gx = x_t @ W_ih^T + b_ih; gh = h @ W_hh^T + b_hh; (state, u) = gates(h, state,
-    gx, gh); h = u @ W_hr^T` (no projection unless `weights.w_hr`), and outputs `h`.
+    Each step is, per direction, `gx = x_t @ W_ih^T + b_ih; gh = h @ W_hh^T + b_hh; (state, u) =
+    gates(h, state, gx, gh); h = u @ W_hr^T` (no projection unless `weights.w_hr`), and outputs
+    `h`. The reverse direction reads its input reversed in time (each sequence's valid prefix
+    reversed, with `lengths`), so that both directions step forward together: XLA:CPU runs
+    independent loops one after the other, but overlaps independent work within one loop
+    (`docs/performance.md`, finding 24).
 
     Args:
       mode: the cell, a key of `flaxseq.cells.GATES` (`"LSTM"`, `"GRU"`, `"RNN_TANH"`, `"RNN_RELU"`).
-      weights: the cell's `Weights`, PyTorch's layout (`W_ih [gates * hidden, input]`, ...).
+      weights: one `Weights` per direction, `[forward]` or `[forward, reverse]`, PyTorch's layout
+        (`W_ih [gates * hidden, input]`, ...).
       x: the layer's input, `[time, batch, input]`.
-      carry: initial `(h [batch, proj or hidden], state)`, `state` the LSTM's `c [batch, hidden]`
-        or `()`.
+      carries: one initial `(h [batch, proj or hidden], state)` per direction, `state` the
+        LSTM's `c [batch, hidden]` or `()`.
       lengths: `[batch]` integers, or None when every sequence fills the time axis. Values are
-        clipped to [0, time]; a sequence of length 0 gives zero outputs and keeps its `carry`.
-      reverse: run from each sequence's last valid step back to its first.
+        clipped to [0, time]; a sequence of length 0 gives zero outputs and keeps its carry.
       custom_gradient: differentiate by the hand-written rule (`recurrence`, reverse mode only);
         False: let JAX differentiate the loop (`plain_recurrence`), which forward mode needs.
 
     Returns:
-      `(outputs [time, batch, proj or hidden], final (h, state))`; outputs in input time order.
+      `(outputs, finals)`, per direction: outputs `[time, batch, proj or hidden]` in input time
+      order, and the final `(h, state)`.
     """
-    h0, s0 = carry
-    loop = recurrence if custom_gradient else plain_recurrence
-    if lengths is None:
-        ys, h, s = loop(mode, reverse, weights, x, h0, s0, None)
-        return ys, (h, s)
-
     time_steps = x.shape[0]
-    lengths = jnp.clip(lengths, 0, time_steps)
-    mask = jnp.arange(time_steps)[:, None] < lengths[None, :]  # [time, batch]
-    if reverse:
-        index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1]
-        x = jnp.take_along_axis(x, index, axis=0)
-    ys, h, s = loop(mode, False, weights, x, h0, s0, mask)
-    if reverse:
-        ys = jnp.take_along_axis(ys, index, axis=0)
-    return ys, (h, s)
+    if lengths is None:
+        mask = None
+
+        def reverse(a):
+            return jnp.flip(a, axis=0)
+    else:
+        lengths = jnp.clip(lengths, 0, time_steps)
+        mask = jnp.arange(time_steps)[:, None] < lengths[None, :]  # [time, batch]
+        index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1], an involution
+
+        def reverse(a):
+            return jnp.take_along_axis(a, index, axis=0)
+
+    xs = tuple(reverse(x) if direction else x for direction in range(len(weights)))
+    loop = recurrence if custom_gradient else plain_recurrence
+    ys, hs, ss = loop(mode, tuple(weights), xs, tuple(h for h, _ in carries), tuple(s for _, s in carries), mask)
+    ys = [reverse(y) if direction else y for direction, y in enumerate(ys)]
+    return ys, list(zip(hs, ss, strict=True))
 
 
 def _select(mask, new, old):
@@ -105,95 +114,128 @@ def _project(projection: InputWeights, x: jax.Array) -> jax.Array:
     return gx if projection.b_ih is None else gx + projection.b_ih
 
 
-def _forward(mode, reverse, weights: StepWeights, projection, xs, h0, s0, mask, save: bool):
-    """The loop over `xs`: the inputs `[time, batch, input]` projected at each step if
-    `projection` is given, else the projections themselves, a tuple of per-gate parts
-    `[time, batch, hidden]`. With `save`, also the residuals of each step that the backward loop
-    reads: `h_{t-1}`, `state_{t-1}`, the cell's saved activations, and `u_t` with a projection."""
+def _forward(mode, weights: tuple, projections: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask, save: bool):
+    """The loop over time, every direction (a tuple entry each) stepping forward together.
+
+    Per direction: `weights` its `StepWeights`; `xs` its inputs `[time, batch, input]`, projected
+    at each step where its `projections` entry is given, else the projections themselves, a
+    tuple of per-gate parts `[time, batch, hidden]`. With `save`, also the residuals of each
+    step that the backward loop reads: `h_{t-1}`, `state_{t-1}`, the cell's saved activations,
+    and `u_t` with a projection. Returns `(ys, hs, ss, residuals)`, each a tuple per direction.
+    """
     gates = GATES[mode]
 
-    def step(carry, inputs):
-        h, s = carry
-        x_t, m = inputs  # [batch, input] or per-gate parts [batch, hidden]; [batch] or None
+    def direction_step(w: StepWeights, projection, h, s, x_t, m):
         gx_t = x_t if projection is None else split_gates(_project(projection, x_t), gates.count)
-        gh = h @ weights.w_hh  # [batch, gates * hidden]
-        if weights.b_hh is not None:
-            gh = gh + weights.b_hh
+        gh = h @ w.w_hh  # [batch, gates * hidden]
+        if w.b_hh is not None:
+            gh = gh + w.b_hh
         s_new, u, saved = gates.forward(h, s, gx_t, split_gates(gh, gates.count))  # u: [batch, hidden]
-        h_new = u if weights.w_hr is None else u @ weights.w_hr
+        h_new = u if w.w_hr is None else u @ w.w_hr
         y = h_new if m is None else jnp.where(m[:, None], h_new, jnp.zeros_like(h_new))
         h_new, s_new = _select(m, (h_new, s_new), (h, s))
-        residuals = (h, s, saved, u if weights.w_hr is not None else ()) if save else ()
+        residuals = (h, s, saved, u if w.w_hr is not None else ()) if save else ()
         return (h_new, s_new), (y, residuals)
 
-    (h, s), (ys, residuals) = jax.lax.scan(step, (h0, s0), (xs, mask), reverse=reverse)
-    return ys, h, s, residuals
+    def step(carry, inputs):
+        x_t, m = inputs  # per direction [batch, input] or per-gate parts [batch, hidden]; [batch] or None
+        steps = [
+            direction_step(w, projection, h, s, x_d, m)
+            for w, projection, (h, s), x_d in zip(weights, projections, carry, x_t, strict=True)
+        ]
+        return tuple(c for c, _ in steps), tuple(zip(*(out for _, out in steps), strict=True))
+
+    carry, (ys, residuals) = jax.lax.scan(step, tuple(zip(h0s, s0s, strict=True)), (xs, mask))
+    hs, ss = zip(*carry, strict=True)
+    return ys, hs, ss, residuals
 
 
-def plain_recurrence(mode, reverse, weights: Weights, x, h0, s0, mask):
+def plain_recurrence(mode, weights: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask):
     """`recurrence` without its hand-written gradient: JAX differentiates the loop itself, in
     forward mode (`jax.jvp`, `jax.jacfwd`) too; the input projection is computed in the loop."""
-    ys, h, s, _ = _forward(mode, reverse, step_weights(weights), input_weights(weights), x, h0, s0, mask, save=False)
-    return ys, h, s
+    ys, hs, ss, _ = _forward(
+        mode, tuple(map(step_weights, weights)), tuple(map(input_weights, weights)), xs, h0s, s0s, mask,
+        save=False,
+    )
+    return ys, hs, ss
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def recurrence(mode, reverse, weights: Weights, x, h0, s0, mask):
-    """`(ys [time, batch, out], h_T, state_T)` of the loop in `scan_direction`, with a hand-written
-    gradient (module docstring). `mask`: `[time, batch]` booleans (False: skip the step) or None.
-    Not differentiated, the input projection is computed inside the loop above
-    `PROJECTION_BUFFER_BYTES`."""
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def recurrence(mode, weights: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask):
+    """`(ys, h_T, state_T)`, each a tuple per direction, of the loop in `scan_layer`, with a
+    hand-written gradient (module docstring). Every direction steps forward in time over its
+    own input in `xs` (`[time, batch, input]`); `mask`: `[time, batch]` booleans (False: skip
+    the step) or None. Not differentiated, a direction's input projection is computed inside the
+    loop above `PROJECTION_BUFFER_BYTES`."""
     count = GATES[mode].count
-    projection = input_weights(weights)
-    if x.shape[0] * x.shape[1] * weights.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES:
-        ys, h, s, _ = _forward(mode, reverse, step_weights(weights), projection, x, h0, s0, mask, save=False)
-    else:
-        gx = split_gates(_project(projection, x), count)  # per-gate parts [time, batch, hidden]
-        ys, h, s, _ = _forward(mode, reverse, step_weights(weights), None, gx, h0, s0, mask, save=False)
-    return ys, h, s
+    projections, inputs = [], []
+    for w, x in zip(weights, xs, strict=True):
+        if x.shape[0] * x.shape[1] * w.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES:
+            projections.append(input_weights(w))
+            inputs.append(x)
+        else:
+            projections.append(None)
+            inputs.append(split_gates(_project(input_weights(w), x), count))  # per-gate [time, batch, hidden]
+    ys, hs, ss, _ = _forward(
+        mode, tuple(map(step_weights, weights)), tuple(projections), tuple(inputs), h0s, s0s, mask, save=False
+    )
+    return ys, hs, ss
 
 
-def _recurrence_fwd(mode, reverse, weights, x, h0, s0, mask):
-    gx = _project(input_weights(weights), x)  # [time, batch, gates * hidden], one product for all steps
-    gx = split_gates(gx, GATES[mode].count)  # per-gate parts [time, batch, hidden]
-    ys, h, s, residuals = _forward(mode, reverse, step_weights(weights), None, gx, h0, s0, mask, save=True)
-    return (ys, h, s), (weights, x, mask, residuals)
+def _recurrence_fwd(mode, weights, xs, h0s, s0s, mask):
+    count = GATES[mode].count
+    # per direction, one product for all steps, as per-gate parts [time, batch, hidden]
+    gxs = tuple(split_gates(_project(input_weights(w), x), count) for w, x in zip(weights, xs, strict=True))
+    ys, hs, ss, residuals = _forward(
+        mode, tuple(map(step_weights, weights)), (None,) * len(weights), gxs, h0s, s0s, mask, save=True
+    )
+    return (ys, hs, ss), (weights, xs, mask, residuals)
 
 
-def _recurrence_bwd(mode, reverse, residuals, cotangents):
-    weights, x, mask, (hs, ss, saved, us) = residuals  # hs: h_{t-1} [time, batch, proj or hidden]
+def _recurrence_bwd(mode, residuals, cotangents):
+    weights, xs, mask, residuals = residuals  # residuals per direction: (h_{t-1}, state_{t-1}, saved, u)
     gates = GATES[mode]
-    dys, dh, ds = cotangents
-    w_hh = weights.w_hh  # [gates * hidden, proj or hidden]
-    w_hr = weights.w_hr  # [proj, hidden] or None
+    dys, dhs, dss = cotangents
 
-    def step(carry, inputs):
-        dh, ds = carry  # gradients of h_t and state_t
-        saved_t, h, s, dy, m = inputs
+    def direction_step(w: Weights, dh, ds, residuals_t, dy, m):
+        h, s, saved_t, _ = residuals_t  # dh, ds: gradients of h_t and state_t
         dh_total = dh + dy  # h_t is both the output and the next step's input
-        du = dh_total if w_hr is None else dh_total @ w_hr
+        du = dh_total if w.w_hr is None else dh_total @ w.w_hr
         dh_prev, ds_prev, dgx, dgh = gates.gradient(saved_t, h, s, ds, du)  # dgx, dgh: [batch, gates * hidden]
-        dh_prev = dh_prev + dgh @ w_hh
+        dh_prev = dh_prev + dgh @ w.w_hh
         zero = jnp.zeros_like
         dh_prev, ds_prev = _select(m, (dh_prev, ds_prev), (dh, ds))  # a skipped step passes them on
         dgx, dgh, dh_total = _select(m, (dgx, dgh, dh_total), (zero(dgx), zero(dgh), zero(dh_total)))
-        return (dh_prev, ds_prev), (dgx, () if gates.tied else dgh, dh_total if w_hr is not None else ())
+        return (dh_prev, ds_prev), (dgx, () if gates.tied else dgh, dh_total if w.w_hr is not None else ())
 
-    (dh0, ds0), (dgx, dgh, dh_totals) = jax.lax.scan(
-        step, (dh, ds), (saved, hs, ss, dys, mask), reverse=not reverse
+    def step(carry, inputs):
+        residuals_t, dy, m = inputs
+        steps = [
+            direction_step(w, dh, ds, r, dy_d, m)
+            for w, (dh, ds), r, dy_d in zip(weights, carry, residuals_t, dy, strict=True)
+        ]
+        return tuple(c for c, _ in steps), tuple(out for _, out in steps)
+
+    # the residuals without u (read after the loop only): [time, batch, ...] per direction
+    loop_residuals = tuple((h, s, saved, ()) for h, s, saved, _ in residuals)
+    carry, gradients = jax.lax.scan(
+        step, tuple(zip(dhs, dss, strict=True)), (loop_residuals, dys, mask), reverse=True
     )
-    if gates.tied:
-        dgh = dgx  # [time, batch, gates * hidden]
-    # the weight gradients: one matrix product each, over all time steps and the batch
-    d_weights = Weights(
-        w_ih=_summed_outer_products(dgx, x),  # [gates * hidden, input]
-        w_hh=_summed_outer_products(dgh, hs),  # [gates * hidden, proj or hidden]
-        b_ih=None if weights.b_ih is None else dgx.sum(axis=(0, 1)),
-        b_hh=None if weights.b_hh is None else dgh.sum(axis=(0, 1)),
-        w_hr=None if weights.w_hr is None else _summed_outer_products(dh_totals, us),  # [proj, hidden]
-    )
-    dx = jnp.einsum("tbg,gi->tbi", dgx, weights.w_ih)  # [time, batch, input]
-    return d_weights, dx, dh0, ds0, None
+    d_weights, dxs = [], []
+    for w, x, (hs, _, _, us), (dgx, dgh, dh_totals) in zip(weights, xs, residuals, gradients, strict=True):
+        if gates.tied:
+            dgh = dgx  # [time, batch, gates * hidden]
+        # the weight gradients: one matrix product each, over all time steps and the batch
+        d_weights.append(Weights(
+            w_ih=_summed_outer_products(dgx, x),  # [gates * hidden, input]
+            w_hh=_summed_outer_products(dgh, hs),  # [gates * hidden, proj or hidden]
+            b_ih=None if w.b_ih is None else dgx.sum(axis=(0, 1)),
+            b_hh=None if w.b_hh is None else dgh.sum(axis=(0, 1)),
+            w_hr=None if w.w_hr is None else _summed_outer_products(dh_totals, us),  # [proj, hidden]
+        ))
+        dxs.append(jnp.einsum("tbg,gi->tbi", dgx, w.w_ih))  # [time, batch, input]
+    dh0s, ds0s = zip(*carry, strict=True)
+    return tuple(d_weights), tuple(dxs), dh0s, ds0s, None
 
 
 def _summed_outer_products(dz, v):

@@ -88,10 +88,11 @@ def test_projection_inside_the_loop_matches(mode, monkeypatch):
     stepwise = jax.jit(lambda v, x: module.apply(v, x, lengths=lengths))(variables, x)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(stepwise), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
-    # and it did take the other path: two products per step (x_t and h) instead of one
-    assert _products_per_step(lambda v: module.apply(v, x, lengths=lengths), variables) == {2}
+    # and it did take the other path: two products per step and direction (x_t and h) instead
+    # of one; each layer's loop steps both directions
+    assert _products_per_step(lambda v: module.apply(v, x, lengths=lengths), variables) == {2 * 2}
     monkeypatch.undo()
-    assert _products_per_step(lambda v: module.apply(v, x, lengths=lengths), variables) == {1}
+    assert _products_per_step(lambda v: module.apply(v, x, lengths=lengths), variables) == {1 * 2}
 
 
 def _products_per_step(fn, *args) -> set[int]:
