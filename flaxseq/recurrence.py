@@ -108,25 +108,33 @@ def _select(mask, new, old):
     return jax.tree.map(lambda a, b: jnp.where(mask[:, None], a, b), new, old)
 
 
-def _project(projection: InputWeights, x: jax.Array) -> jax.Array:
-    """`x @ W_ih^T + b_ih`: `[..., input] -> [..., gates * hidden]`."""
-    gx = x @ projection.w_ih
-    return gx if projection.b_ih is None else gx + projection.b_ih
+def _project_gates(projection: InputWeights, x: jax.Array, count: int) -> tuple:
+    """`x @ W_ih^T` without the bias, as `count` per-gate parts: `[..., input] -> [..., hidden]` each.
+
+    One product per gate writes each part where the loop reads it; one product then a split
+    would pass over all of it once more (`docs/performance.md`, finding 25). The bias is added
+    in the loop's step, where it costs no pass of its own.
+    """
+    return tuple(x @ w for w in split_gates(projection.w_ih, count))
 
 
 def _forward(mode, weights: tuple, projections: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask, save: bool):
     """The loop over time, every direction (a tuple entry each) stepping forward together.
 
-    Per direction: `weights` its `StepWeights`; `xs` its inputs `[time, batch, input]`, projected
-    at each step where its `projections` entry is given, else the projections themselves, a
-    tuple of per-gate parts `[time, batch, hidden]`. With `save`, also the residuals of each
+    Per direction: `weights` its `StepWeights`, `projections` its `InputWeights`; `xs` either
+    its inputs `[time, batch, input]`, projected at each step, or their projections without the
+    bias (`_project_gates`), a tuple of per-gate parts `[time, batch, hidden]`. The step adds
+    `b_ih` either way. With `save`, also the residuals of each
     step that the backward loop reads: `h_{t-1}`, `state_{t-1}`, the cell's saved activations,
     and `u_t` with a projection. Returns `(ys, hs, ss, residuals)`, each a tuple per direction.
     """
     gates = GATES[mode]
 
-    def direction_step(w: StepWeights, projection, h, s, x_t, m):
-        gx_t = x_t if projection is None else split_gates(_project(projection, x_t), gates.count)
+    def direction_step(w: StepWeights, projection: InputWeights, h, s, x_t, m):
+        # x_t: the input [batch, input], or its per-gate projection without the bias (a tuple)
+        gx_t = x_t if isinstance(x_t, tuple) else split_gates(x_t @ projection.w_ih, gates.count)
+        if projection.b_ih is not None:
+            gx_t = tuple(a + b for a, b in zip(gx_t, split_gates(projection.b_ih, gates.count), strict=True))
         gh = h @ w.w_hh  # [batch, gates * hidden]
         if w.b_hh is not None:
             gh = gh + w.b_hh
@@ -168,27 +176,23 @@ def recurrence(mode, weights: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask):
     the step) or None. Not differentiated, a direction's input projection is computed inside the
     loop above `PROJECTION_BUFFER_BYTES`."""
     count = GATES[mode].count
-    projections, inputs = [], []
-    for w, x in zip(weights, xs, strict=True):
-        if x.shape[0] * x.shape[1] * w.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES:
-            projections.append(input_weights(w))
-            inputs.append(x)
-        else:
-            projections.append(None)
-            inputs.append(split_gates(_project(input_weights(w), x), count))  # per-gate [time, batch, hidden]
-    ys, hs, ss, _ = _forward(
-        mode, tuple(map(step_weights, weights)), tuple(projections), tuple(inputs), h0s, s0s, mask, save=False
+    projections = tuple(map(input_weights, weights))
+    inputs = tuple(
+        x if x.shape[0] * x.shape[1] * w.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES
+        else _project_gates(p, x, count)  # per-gate [time, batch, hidden]
+        for w, p, x in zip(weights, projections, xs, strict=True)
     )
+    ys, hs, ss, _ = _forward(mode, tuple(map(step_weights, weights)), projections, inputs, h0s, s0s, mask, save=False)
     return ys, hs, ss
 
 
 def _recurrence_fwd(mode, weights, xs, h0s, s0s, mask):
     count = GATES[mode].count
-    # per direction, one product for all steps, as per-gate parts [time, batch, hidden]
-    gxs = tuple(split_gates(_project(input_weights(w), x), count) for w, x in zip(weights, xs, strict=True))
-    ys, hs, ss, residuals = _forward(
-        mode, tuple(map(step_weights, weights)), (None,) * len(weights), gxs, h0s, s0s, mask, save=True
-    )
+    # per direction, the projection of all steps before the loop, as per-gate parts [time, batch, hidden]
+    projections = tuple(map(input_weights, weights))
+    gxs = tuple(_project_gates(p, x, count) for p, x in zip(projections, xs, strict=True))
+    step = tuple(map(step_weights, weights))
+    ys, hs, ss, residuals = _forward(mode, step, projections, gxs, h0s, s0s, mask, save=True)
     return (ys, hs, ss), (weights, xs, mask, residuals)
 
 
