@@ -4,14 +4,14 @@ This is the only place that loops over time. Layers call `scan_layer` once per l
 layer's input and each direction's weights, in PyTorch's layout (`Weights`); the directions of
 a bidirectional layer step together in one loop, the reverse one over its input reversed.
 
-Where the input projection `x_t @ W_ih^T + b_ih` is computed: differentiated, it is one large
-product over all steps before the loop (and its gradients `dx`, `dW_ih` one product each after
-the backward loop). Not differentiated (inference, evaluation), the same, unless the projection
-of all steps, a `[time, batch, gates * hidden]` buffer, is larger than `PROJECTION_BUFFER_BYTES`:
-then it is computed inside the loop, step by step, as flax's cells do, since writing and reading
-back that buffer made the forward pass up to 1.5x slower at large sizes and held 1.25 GB at a
-sequence of 1,000 steps (`docs/performance.md`). The two orders round differently, within float
-rounding.
+Where the input projection `x_t @ W_ih^T + b_ih` is computed: differentiated, before the loop,
+one large product per gate over all steps, the bias added in the step (and its gradients `dx`,
+`dW_ih` one product each after the backward loop). Not differentiated (inference, evaluation),
+the same, unless the projection of all steps (`time * batch * gates * hidden` floats) is larger
+than `PROJECTION_BUFFER_BYTES`: then it is computed inside the loop, step by step, as flax's cells
+do, since writing and reading back that buffer made the forward pass up to 1.5x slower at large
+sizes and held 1.25 GB at a sequence of 1,000 steps (`docs/performance.md`). The two orders
+round differently, within float rounding.
 
 Variable lengths give what PyTorch's `pack_padded_sequence(..., enforce_sorted=False)` then
 `pad_packed_sequence(..., total_length=T)` give: outputs past a sequence's length are zero,
