@@ -95,6 +95,39 @@ def test_projection_inside_the_loop_matches(mode, monkeypatch):
     assert _products_per_step(lambda v: module.apply(v, x, lengths=lengths), variables) == {1 * 2}
 
 
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "LSTM_PROJ", "GRU"])
+def test_projection_before_the_loop_is_one_product_per_gate(mode):
+    """Before the loop, each direction's input projection is `gates` products `[time, batch,
+    hidden]`, not one `[time, batch, gates * hidden]` product split after it (finding 25), in
+    the forward pass and in the training step. (The parity tests check the values.)"""
+    kind, _, act = mode.partition("_")
+    extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
+    module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, param_dtype=jnp.float64, **extra)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((7, 2, 4)))  # [time, batch, input]
+    variables = module.init(jax.random.key(0), x)
+    gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[kind]
+
+    def projections(fn, *args):
+        return sum(
+            e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-1] == 5 and e.outvars[0].aval.ndim == 3
+            for e in _eqns_outside_loops(jax.make_jaxpr(fn)(*args).jaxpr)
+        )
+
+    def loss(params):
+        return (module.apply({"params": params}, x)[0] ** 2).sum()
+
+    assert projections(lambda v: module.apply(v, x), variables) == gates * 2 * 2  # 2 directions, 2 layers
+    assert projections(jax.grad(loss), variables["params"]) == gates * 2 * 2
+
+
+def _eqns_outside_loops(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        if eqn.primitive.name != "scan":
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from _eqns_outside_loops(sub)
+
+
 def _products_per_step(fn, *args) -> set[int]:
     """The number of matrix products (projection excluded) in each time loop's step, except
     `W_hr` ones; a set over the loops of `fn`."""
