@@ -2,7 +2,7 @@
 
 The step functions here are what the time loop (`flaxseq/recurrence.py`) scans; they know
 nothing of time. Each takes the cell's weights, the carry and `gx`, the input projection
-`x @ W_ih^T + b_ih` of this step (computed for all steps at once by the layers), and returns
+`x @ W_ih^T + b_ih` of this step, and returns
 `(new_carry, output)`.
 
 Parameters keep PyTorch's names, shapes and gate order, so converting a state_dict is a rename:

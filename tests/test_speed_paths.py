@@ -99,7 +99,8 @@ def test_projection_inside_the_loop_matches(mode, monkeypatch):
 def test_projection_before_the_loop_is_one_product_per_gate(mode):
     """Before the loop, each direction's input projection is `gates` products `[time, batch,
     hidden]`, not one `[time, batch, gates * hidden]` product split after it (finding 25), in
-    the forward pass and in the training step. (The parity tests check the values.)"""
+    the forward pass and in the training step. (One gate, the RNN's, has nothing to split: its case
+    checks the count alone. The parity tests check the values.)"""
     kind, _, act = mode.partition("_")
     extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
     module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, param_dtype=jnp.float64, **extra)
