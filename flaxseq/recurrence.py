@@ -8,10 +8,10 @@ Where the input projection `x_t @ W_ih^T + b_ih` is computed: differentiated, be
 one large product per gate over all steps, the bias added in the step (and its gradients `dx`,
 `dW_ih` one product each after the backward loop). Not differentiated (inference, evaluation),
 the same, unless the projection of all steps (`time * batch * gates * hidden` values) takes
-more bytes than `PROJECTION_BUFFER_BYTES`: then it is computed inside the loop, step by step, as flax's cells
-do, since writing and reading back that buffer made the forward pass up to 1.5x slower at large
-sizes and held 1.25 GB at a sequence of 1,000 steps (`docs/performance.md`). The two orders
-round differently, within float rounding.
+more bytes than `PROJECTION_BUFFER_BYTES`: then it is computed inside the loop, step by step, as
+flax's cells do, since writing and reading back that buffer made the forward pass up to 1.5x
+slower at large sizes and held 1.25 GB at a sequence of 1,000 steps (`docs/performance.md`).
+The two orders round differently, within float rounding.
 
 Variable lengths give what PyTorch's `pack_padded_sequence(..., enforce_sorted=False)` then
 `pad_packed_sequence(..., total_length=T)` give: outputs past a sequence's length are zero,
