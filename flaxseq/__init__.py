@@ -1,5 +1,7 @@
 """flaxseq: PyTorch's recurrent networks in JAX/Flax, with the same parameters and results."""
 
+import importlib.metadata as _metadata
+
 from flaxseq.attention import Attention, AttnDecoder, Seq2SeqAttention
 from flaxseq.cells import GRUCell, LSTMCell, RNNCell
 from flaxseq.classifiers import BiLSTM, LSTMClassifier, PackedLSTM, TextClassifier
@@ -11,4 +13,7 @@ from flaxseq.tagger import GRUTagger
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 __all__ += ["BiLSTM", "GRUTagger", "LSTMClassifier", "ManualRNN", "ManualRNNCell", "PackedLSTM", "TextClassifier"]
 __all__ += ["Attention", "AttnDecoder", "Decoder", "Encoder", "Seq2Seq", "Seq2SeqAttention"]
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("flaxseq")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
