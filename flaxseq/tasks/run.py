@@ -69,16 +69,20 @@ def write_metrics(out: pathlib.Path, metrics: dict, history: list, started: floa
 
 
 def plot_curves(history: list, path: pathlib.Path) -> None:
-    """Loss and accuracy per epoch (train and validation) as a PNG; skipped without matplotlib."""
-    try:
-        import matplotlib
+    """Loss and accuracy per epoch (train and validation) as a PNG; skipped without matplotlib.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Draws on its own `Figure` with an Agg canvas, so neither pyplot nor the process's backend
+    (a notebook's, say) is touched.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return
     epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
     for key, axis in (("loss", left), ("accuracy", right)):
         for split in ("train", "valid"):
             if f"{split}_{key}" in history[0]:
@@ -88,7 +92,6 @@ def plot_curves(history: list, path: pathlib.Path) -> None:
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def split_batches(fields: tuple[str, ...], split: tuple[np.ndarray, ...], batch_size: int):
