@@ -14,6 +14,7 @@ is plain `jit`. On a multi-GPU or TPU host nothing changes; on several hosts, ca
 """
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -133,6 +134,14 @@ def summarize(sums: dict[str, float]) -> dict[str, float]:
     return {"loss": sums.get("loss_sum", 0.0) / count, "accuracy": sums.get("correct", 0.0) / count}
 
 
+def live_progress(stream) -> bool:
+    """Whether a live progress bar fits `stream`: a terminal or a notebook (tqdm's widget)."""
+    if any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def run_epoch(
     trainer: Trainer, state: TrainState, batches, fields: tuple[str, ...], *, seed: int, epoch: int,
     progress: bool = True,
@@ -140,11 +149,13 @@ def run_epoch(
     """Train on the rest of `batches`' current epoch; returns the state and the epoch's metrics.
 
     `batches` yields tuples of arrays named by `fields`. Stops with `FloatingPointError` on a
-    NaN or infinite loss, naming the step.
+    NaN or infinite loss, naming the step. With `progress`, standard error shows a live bar if
+    it is a terminal or a notebook, and else (a file, a pipe) one line at the epoch's end.
     """
     totals: dict[str, float] = {}
-    examples, start = 0, time.perf_counter()
-    bar = tqdm(total=len(batches), initial=batches.position, desc=f"epoch {epoch + 1}", disable=not progress,
+    examples, steps, start = 0, 0, time.perf_counter()
+    live = progress and live_progress(sys.stderr)
+    bar = tqdm(total=len(batches), initial=batches.position, desc=f"epoch {epoch + 1}", disable=not live,
                leave=False, dynamic_ncols=True)
     for arrays in batches:
         batch = dict(zip(fields, arrays, strict=True))
@@ -155,14 +166,18 @@ def run_epoch(
             raise FloatingPointError(f"the loss is {loss} at step {step} (epoch {epoch + 1}): training stopped")
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
-        examples += len(arrays[0])
-        metrics = summarize(totals)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
-                        ex_s=f"{examples / (time.perf_counter() - start):.0f}")
-        bar.update()
+        examples, steps = examples + len(arrays[0]), steps + 1
+        if live:
+            metrics = summarize(totals)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
+                            ex_s=f"{examples / (time.perf_counter() - start):.0f}")
+            bar.update()
     bar.close()
     metrics = summarize(totals)
     metrics["examples_per_second"] = examples / max(time.perf_counter() - start, 1e-9)
+    if progress and not live:
+        print(f"epoch {epoch + 1}: {steps} steps  loss {metrics['loss']:.4f} acc {metrics['accuracy']:.3f}"
+              f"  {metrics['examples_per_second']:.0f} examples/s", file=sys.stderr, flush=True)
     return state, metrics
 
 
