@@ -152,9 +152,9 @@ def _as_numpy(value) -> np.ndarray:
 def from_state_dict(flax_module: nn.Module, state_dict: Mapping[str, Any]) -> dict:
     """PyTorch state_dict (torch tensors or numpy arrays) -> flaxseq variables `{'params': ...}`.
 
-    Strict: every missing, unexpected and misshaped key is collected and raised at once in a
-    `ValueError` naming each. The arrays keep their dtype; float64 while JAX's x64 mode is off
-    is an error (JAX would silently give float32).
+    Strict: every missing, unexpected, misshaped and non-floating (integer, boolean) key is
+    collected and raised at once in a `ValueError` naming each. The arrays keep their dtype;
+    float64 while JAX's x64 mode is off is an error (JAX would silently give float32).
     """
     expected = expected_params(flax_module)
     names = {torch_name(path): path for path in expected}
@@ -171,6 +171,9 @@ def from_state_dict(flax_module: nn.Module, state_dict: Mapping[str, Any]) -> di
         if key not in state_dict:
             continue
         value = _as_numpy(state_dict[key])
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            problems.append(f"{key}: expected floating-point weights, got dtype {value.dtype}")
+            continue
         value = value.T if transposed else value
         want = tuple(expected[path].shape)
         if value.shape != want:
