@@ -2,15 +2,18 @@
 
 import importlib.metadata as _metadata
 
+from flaxseq import kinds
 from flaxseq.attention import Attention, AttnDecoder, Seq2SeqAttention
-from flaxseq.cells import GRUCell, LSTMCell, RNNCell
+from flaxseq.cells import GRUCell, LSTMCell, RNNCell, RNNCellBase
 from flaxseq.classifiers import BiLSTM, LSTMClassifier, PackedLSTM, TextClassifier
-from flaxseq.layers import GRU, LSTM, RNN
+from flaxseq.kinds import CellKind, StepGradient
+from flaxseq.layers import GRU, LSTM, RNN, RNNBase
 from flaxseq.manual_rnn import ManualRNN, ManualRNNCell
 from flaxseq.seq2seq import Decoder, Encoder, Seq2Seq
 from flaxseq.tagger import GRUTagger
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
+__all__ = ["CellKind", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNBase", "RNNCell", "RNNCellBase"]
+__all__ += ["StepGradient", "kinds"]
 __all__ += ["BiLSTM", "GRUTagger", "LSTMClassifier", "ManualRNN", "ManualRNNCell", "PackedLSTM", "TextClassifier"]
 __all__ += ["Attention", "AttnDecoder", "Decoder", "Encoder", "Seq2Seq", "Seq2SeqAttention"]
 try:

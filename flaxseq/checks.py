@@ -35,14 +35,24 @@ def check_recurrent_config(
             "dropout should be a number in range [0, 1] representing the probability of an "
             f"element being zeroed, got {dropout!r}"
         )
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    check_nonlinearity(nonlinearity)
     check_int("proj_size", proj_size, 0)
     if proj_size >= hidden_size:
         raise ValueError(
             f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
             f"and hidden_size={hidden_size}"
         )
+
+
+def check_nonlinearity(nonlinearity) -> None:
+    """The Elman RNN's `nonlinearity`: `'tanh'` or `'relu'`."""
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+def class_name(module) -> str:
+    """A module's class name, for messages only (as PyTorch names the module in its errors)."""
+    return type(module).__name__
 
 
 def check_x64(param_dtype) -> None:

@@ -16,7 +16,7 @@ packed-sequence results); outputs past each length are set to zero. TF32 follows
 import jax
 import jax.numpy as jnp
 
-from flaxseq.cells import Weights
+from flaxseq.weights import Weights
 
 
 def check_config(proj_size: int) -> None:
@@ -76,6 +76,8 @@ def lstm(
         seq_lengths = jnp.full((batch,), time_steps, jnp.int32)
     else:
         seq_lengths = jnp.clip(lengths, 1, time_steps).astype(jnp.int32)
+        valid = jnp.arange(time_steps)[:, None] < seq_lengths[None, :]  # [time, batch]
+        x = jnp.where(valid[:, :, None], x, jnp.zeros_like(x))  # the padding is never read
     y, h_n, c_n = rnn.lstm(
         _materialized(jnp.swapaxes(x, 0, 1)), h0, c0, pack_weights(weights), seq_lengths,
         input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, dropout=0.0,
@@ -83,7 +85,6 @@ def lstm(
     )  # y: [batch, time, num_directions * hidden]
     y = jnp.swapaxes(_materialized(y), 0, 1)
     if lengths is not None:
-        valid = jnp.arange(time_steps)[:, None] < seq_lengths[None, :]  # [time, batch]
         y = jnp.where(valid[:, :, None], y, jnp.zeros_like(y))
     return y, (h_n, c_n)
 

@@ -1,37 +1,24 @@
-"""The time loop: scan a cell over time, in either direction, with variable lengths.
+"""The time loop: scan a cell kind over time, in either direction, with variable lengths.
 
-This is the only place that loops over time. Layers call `scan_layer` once per layer with the
-layer's input and each direction's weights, in PyTorch's layout (`Weights`); the directions of
-a bidirectional layer step together in one loop, the reverse one over its input reversed.
+This is the only place that loops over time. `scan_layer` runs one layer of a stack: its
+directions step forward together in one loop, the reverse one over its input reversed, each
+reading its weights in PyTorch's layout (`flaxseq.weights.Weights`) and stepping by its
+`flaxseq.kinds.CellKind`.
 
-Where the input projection `x_t @ W_ih^T + b_ih` is computed: differentiated, before the loop,
-one large product per gate over all steps, the bias added in the step (and its gradients `dx`,
-`dW_ih` one product each after the backward loop). Not differentiated (inference, evaluation),
-the same, unless the projection of all steps (`time * batch * gates * hidden` values) takes
-more bytes than `PROJECTION_BUFFER_BYTES`: then it is computed inside the loop, step by step, as
-flax's cells do, since writing and reading back that buffer made the forward pass up to 1.5x
-slower at large sizes and held 1.25 GB at a sequence of 1,000 steps (`docs/performance.md`).
-The two orders round differently, within float rounding.
-
-Variable lengths give what PyTorch's `pack_padded_sequence(..., enforce_sorted=False)` then
-`pad_packed_sequence(..., total_length=T)` give: outputs past a sequence's length are zero,
-the final carry is the state at its last valid step, and the reverse direction starts at each
-sequence's own last element. A mask freezes the carry once `t >= length`; the reverse
-direction reads each sequence's valid prefix reversed in place (an involution), steps forward
-with the same mask, and its outputs are reversed back.
-
-The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop only
-carries `dh`, `dc` and produces each step's gate gradients `dgh_t`, `dgx_t`; the weight
-gradients are then one matrix product each over all steps, `dW_hh = sum_t dgh_t^T h_{t-1}`,
-`dW_ih = sum_t dgx_t^T x_t`, and so is the input's, `dx_t = dgx_t W_ih`, each written straight
-into PyTorch's layout (`_summed_outer_products`). JAX's
-own transpose of `lax.scan` instead accumulates `dW_hh` inside the loop, one small product and
-a read and write of the whole `[gates * hidden, hidden]` accumulator per step. The element-wise
-part of each step is differentiated by its cell's rule (`flaxseq.cells.GATES`): the
-forward loop saves the gate activations and the backward loop multiplies them, so it computes
-no exp or tanh but the LSTM's one `tanh(c_t)`. Arrays the loop reads per step are kept per gate
-(`[time, batch, hidden]` each), which XLA:CPU compiles to much faster step code than slices of
-one `[time, batch, gates * hidden]` array (`flaxseq/cells.py`).
+The rules, with the measurements behind them in `docs/performance.md`:
+- The input projection `x_t W_ih^T` is one product per gate over all steps, before the loop,
+  its bias added in the step; not differentiated, it is computed inside the loop step by step
+  when the projection of all steps would take more than `PROJECTION_BUFFER_BYTES`.
+- Arrays the loop reads per step are kept per gate (`[time, batch, hidden]` each).
+- The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop
+  carries only the carry's gradient and emits each step's gate gradients; the weight gradients
+  are one product each over all steps, in PyTorch's layout, and so is the input's. A step's
+  own gradient is its kind's `StepGradient`, or JAX's differentiation of its step.
+- Variable lengths give what PyTorch's packed sequences give: outputs past a sequence's length
+  are zero, the final carry is the state at its last valid step, and the reverse direction
+  starts at each sequence's own last element (it reads each valid prefix reversed in place).
+  Values past a length are never read: the input is zeroed there before anything uses it, so
+  NaN or infinity in the padding reaches no output and no gradient.
 """
 
 from functools import partial
@@ -39,7 +26,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from flaxseq.cells import GATES, InputWeights, StepWeights, Weights, input_weights, split_gates, step_weights
+from flaxseq.kinds import CellKind, check_step
+from flaxseq.weights import InputWeights, StepWeights, Weights, input_weights, split_gates, step_weights
 
 # Not differentiated, a larger input projection of all steps is computed step by step instead
 PROJECTION_BUFFER_BYTES = 32 * 2**20
@@ -52,34 +40,30 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
 
 
 def scan_layer(
-    mode: str, weights: list[Weights], x: jax.Array, carries: list, lengths: jax.Array | None = None,
+    kind: CellKind, weights: list[Weights], x: jax.Array, carries: list, lengths: jax.Array | None = None,
     custom_gradient: bool = True,
 ):
     """Run one layer over the time axis of `x`: its directions, forward then reverse, in one loop.
 
-    Each step is, per direction, `gx = x_t @ W_ih^T + b_ih; gh = h @ W_hh^T + b_hh; (state, u) =
-    gates(h, state, gx, gh); h = u @ W_hr^T` (no projection unless `weights.w_hr`), and outputs
-    `h`. The reverse direction reads its input reversed in time (each sequence's valid prefix
-    reversed, with `lengths`), so that both directions step forward together: XLA:CPU runs
-    independent loops one after the other, but overlaps independent work within one loop
-    (`docs/performance.md`, finding 24).
+    Each step is, per direction, `gx = x_t W_ih^T + b_ih; gh = h W_hh^T + b_hh; carry =
+    kind.step(gx, gh, carry)` (gates split into blocks), then `h = h W_hr^T` where `weights.w_hr`
+    is given; the step outputs `h`.
 
     Args:
-      mode: the cell, a key of `flaxseq.cells.GATES` (`"LSTM"`, `"GRU"`, `"RNN_TANH"`, `"RNN_RELU"`).
-      weights: one `Weights` per direction, `[forward]` or `[forward, reverse]`, PyTorch's layout
-        (`W_ih [gates * hidden, input]`, ...).
+      kind: the cell kind.
+      weights: one `Weights` per direction, `[forward]` or `[forward, reverse]`, PyTorch's layout.
       x: the layer's input, `[time, batch, input]`.
-      carries: one initial `(h [batch, proj or hidden], state)` per direction, `state` the
-        LSTM's `c [batch, hidden]` or `()`.
+      carries: one initial carry per direction, `h [batch, proj or hidden]` or `(h, c)`.
       lengths: `[batch]` integers, or None when every sequence fills the time axis. Values are
         clipped to [0, time]; a sequence of length 0 gives zero outputs and keeps its carry.
-      custom_gradient: differentiate by the hand-written rule (`recurrence`, reverse mode only);
+      custom_gradient: differentiate by the hand-written loop gradient (reverse mode only);
         False: let JAX differentiate the loop (`plain_recurrence`), which forward mode needs.
 
     Returns:
       `(outputs, finals)`, per direction: outputs `[time, batch, proj or hidden]` in input time
-      order, and the final `(h, state)`.
+      order, and the final carry.
     """
+    _check_kind(kind, weights[0], x, carries[0])
     time_steps = x.shape[0]
     if lengths is None:
         mask = None
@@ -89,6 +73,7 @@ def scan_layer(
     else:
         lengths = jnp.clip(lengths, 0, time_steps)
         mask = jnp.arange(time_steps)[:, None] < lengths[None, :]  # [time, batch]
+        x = jnp.where(mask[:, :, None], x, jnp.zeros_like(x))  # the padding is never read
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1], an involution
 
         def reverse(a):
@@ -96,9 +81,18 @@ def scan_layer(
 
     xs = tuple(reverse(x) if direction else x for direction in range(len(weights)))
     loop = recurrence if custom_gradient else plain_recurrence
-    ys, hs, ss = loop(mode, tuple(weights), xs, tuple(h for h, _ in carries), tuple(s for _, s in carries), mask)
+    ys, finals = loop(kind, tuple(weights), xs, tuple(carries), mask)
     ys = [reverse(y) if direction else y for direction, y in enumerate(ys)]
-    return ys, list(zip(hs, ss, strict=True))
+    return ys, list(finals)
+
+
+def _check_kind(kind: CellKind, weights: Weights, x: jax.Array, carry) -> None:
+    """The step must map a carry to a carry of the same form (`flaxseq.kinds.check_step`)."""
+    batch, hidden = x.shape[1], weights.w_ih.shape[0] // kind.gates
+    block = jax.ShapeDtypeStruct((batch, hidden), x.dtype)
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), carry)
+    expected = kind.with_hidden(spec, block)  # the step's h is projected after it
+    check_step(kind, (block,) * kind.gates, (block,) * kind.gates, spec, expected)
 
 
 def _select(mask, new, old):
@@ -109,137 +103,143 @@ def _select(mask, new, old):
 
 
 def _project_gates(projection: InputWeights, x: jax.Array, count: int) -> tuple:
-    """`x @ W_ih^T` without the bias, as `count` per-gate parts: `[..., input] -> [..., hidden]` each.
+    """`x W_ih^T` without the bias, as `count` per-gate parts: `[..., input] -> [..., hidden]` each.
 
-    One product per gate writes each part where the loop reads it; one product then a split
-    would pass over all of it once more (`docs/performance.md`, finding 25). The bias is added
-    in the loop's step, where it costs no pass of its own.
+    One product per gate writes each part where the loop reads it; the bias is added in the
+    loop's step, where it costs no pass of its own.
     """
     return tuple(x @ w for w in split_gates(projection.w_ih, count))
 
 
-def _forward(mode, weights: tuple, projections: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask, save: bool):
+def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carries: tuple, mask, save: bool):
     """The loop over time, every direction (a tuple entry each) stepping forward together.
 
     Per direction: `weights` its `StepWeights`, `projections` its `InputWeights`; `xs` either
     its inputs `[time, batch, input]`, projected at each step, or their projections without the
     bias (`_project_gates`), a tuple of per-gate parts `[time, batch, hidden]`. The step adds
-    `b_ih` either way. With `save`, also the residuals of each
-    step that the backward loop reads: `h_{t-1}`, `state_{t-1}`, the cell's saved activations,
-    and `u_t` with a projection. Returns `(ys, hs, ss, residuals)`, each a tuple per direction.
+    `b_ih` either way. With `save`, also the residuals of each step that the backward loop
+    reads: the carry before the step, the step's own residuals, and the unprojected `h` with a
+    projection. Returns `(ys, finals, residuals)`, each a tuple per direction.
     """
-    gates = GATES[mode]
+    count = kind.gates
+    step_fn = kind.differentiable().forward if save else None
 
-    def direction_step(w: StepWeights, projection: InputWeights, h, s, x_t, m):
+    def direction_step(w: StepWeights, projection: InputWeights, carry, x_t, m):
         # x_t: the input [batch, input], or its per-gate projection without the bias (a tuple)
-        gx_t = x_t if isinstance(x_t, tuple) else split_gates(x_t @ projection.w_ih, gates.count)
+        gx_t = x_t if isinstance(x_t, tuple) else split_gates(x_t @ projection.w_ih, count)
         if projection.b_ih is not None:
-            gx_t = tuple(a + b for a, b in zip(gx_t, split_gates(projection.b_ih, gates.count), strict=True))
-        gh = h @ w.w_hh  # [batch, gates * hidden]
+            gx_t = tuple(a + b for a, b in zip(gx_t, split_gates(projection.b_ih, count), strict=True))
+        gh = kind.hidden(carry) @ w.w_hh  # [batch, gates * hidden]
         if w.b_hh is not None:
             gh = gh + w.b_hh
-        s_new, u, saved = gates.forward(h, s, gx_t, split_gates(gh, gates.count))  # u: [batch, hidden]
+        gh = split_gates(gh, count)
+        if save:
+            new, saved = step_fn(gx_t, gh, carry)
+        else:
+            new, saved = kind.step(gx_t, gh, carry), ()
+        u = kind.hidden(new)  # [batch, hidden]
         h_new = u if w.w_hr is None else u @ w.w_hr
+        new = kind.with_hidden(new, h_new)
         y = h_new if m is None else jnp.where(m[:, None], h_new, jnp.zeros_like(h_new))
-        h_new, s_new = _select(m, (h_new, s_new), (h, s))
-        residuals = (h, s, saved, u if w.w_hr is not None else ()) if save else ()
-        return (h_new, s_new), (y, residuals)
+        residuals = (carry, saved, u if w.w_hr is not None else ()) if save else ()
+        return _select(m, new, carry), (y, residuals)
 
     def step(carry, inputs):
         x_t, m = inputs  # per direction [batch, input] or per-gate parts [batch, hidden]; [batch] or None
         steps = [
-            direction_step(w, projection, h, s, x_d, m)
-            for w, projection, (h, s), x_d in zip(weights, projections, carry, x_t, strict=True)
+            direction_step(w, projection, c, x_d, m)
+            for w, projection, c, x_d in zip(weights, projections, carry, x_t, strict=True)
         ]
         return tuple(c for c, _ in steps), tuple(zip(*(out for _, out in steps), strict=True))
 
-    carry, (ys, residuals) = jax.lax.scan(step, tuple(zip(h0s, s0s, strict=True)), (xs, mask))
-    hs, ss = zip(*carry, strict=True)
-    return ys, hs, ss, residuals
+    finals, (ys, residuals) = jax.lax.scan(step, carries, (xs, mask))
+    return ys, finals, residuals
 
 
-def plain_recurrence(mode, weights: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask):
+def plain_recurrence(kind: CellKind, weights: tuple, xs: tuple, carries: tuple, mask):
     """`recurrence` without its hand-written gradient: JAX differentiates the loop itself, in
     forward mode (`jax.jvp`, `jax.jacfwd`) too; the input projection is computed in the loop."""
-    ys, hs, ss, _ = _forward(
-        mode, tuple(map(step_weights, weights)), tuple(map(input_weights, weights)), xs, h0s, s0s, mask,
+    ys, finals, _ = _forward(
+        kind, tuple(map(step_weights, weights)), tuple(map(input_weights, weights)), xs, carries, mask,
         save=False,
     )
-    return ys, hs, ss
+    return ys, finals
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def recurrence(mode, weights: tuple, xs: tuple, h0s: tuple, s0s: tuple, mask):
-    """`(ys, h_T, state_T)`, each a tuple per direction, of the loop in `scan_layer`, with a
+def recurrence(kind: CellKind, weights: tuple, xs: tuple, carries: tuple, mask):
+    """`(ys, finals)`, each a tuple per direction, of the loop in `scan_layer`, with a
     hand-written gradient (module docstring). Every direction steps forward in time over its
-    own input in `xs` (`[time, batch, input]`); `mask`: `[time, batch]` booleans (False: skip
-    the step) or None. Not differentiated, a direction's input projection is computed inside the
-    loop above `PROJECTION_BUFFER_BYTES`."""
-    count = GATES[mode].count
+    own input in `xs` (`[time, batch, input]`) from its carry in `carries`; `mask`: `[time,
+    batch]` booleans (False: skip the step) or None. Not differentiated, a direction's input
+    projection is computed inside the loop above `PROJECTION_BUFFER_BYTES`."""
     projections = tuple(map(input_weights, weights))
     inputs = tuple(
         x if x.shape[0] * x.shape[1] * w.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES
-        else _project_gates(p, x, count)  # per-gate [time, batch, hidden]
+        else _project_gates(p, x, kind.gates)  # per-gate [time, batch, hidden]
         for w, p, x in zip(weights, projections, xs, strict=True)
     )
-    ys, hs, ss, _ = _forward(mode, tuple(map(step_weights, weights)), projections, inputs, h0s, s0s, mask, save=False)
-    return ys, hs, ss
+    ys, finals, _ = _forward(kind, tuple(map(step_weights, weights)), projections, inputs, carries, mask, save=False)
+    return ys, finals
 
 
-def _recurrence_fwd(mode, weights, xs, h0s, s0s, mask):
-    count = GATES[mode].count
+def _recurrence_fwd(kind, weights, xs, carries, mask):
     # per direction, the projection of all steps before the loop, as per-gate parts [time, batch, hidden]
     projections = tuple(map(input_weights, weights))
-    gxs = tuple(_project_gates(p, x, count) for p, x in zip(projections, xs, strict=True))
+    gxs = tuple(_project_gates(p, x, kind.gates) for p, x in zip(projections, xs, strict=True))
     step = tuple(map(step_weights, weights))
-    ys, hs, ss, residuals = _forward(mode, step, projections, gxs, h0s, s0s, mask, save=True)
-    return (ys, hs, ss), (weights, xs, mask, residuals)
+    ys, finals, residuals = _forward(kind, step, projections, gxs, carries, mask, save=True)
+    return (ys, finals), (weights, xs, mask, residuals)
 
 
-def _recurrence_bwd(mode, residuals, cotangents):
-    weights, xs, mask, residuals = residuals  # residuals per direction: (h_{t-1}, state_{t-1}, saved, u)
-    gates = GATES[mode]
-    dys, dhs, dss = cotangents
+def _recurrence_bwd(kind, residuals, cotangents):
+    weights, xs, mask, residuals = residuals  # residuals per direction: (carry_{t-1}, saved, u)
+    backward = kind.differentiable().backward
+    dys, d_finals = cotangents
 
-    def direction_step(w: Weights, dh, ds, residuals_t, dy, m):
-        h, s, saved_t, _ = residuals_t  # dh, ds: gradients of h_t and state_t
-        dh_total = dh + dy  # h_t is both the output and the next step's input
+    def direction_step(w: Weights, d_carry, residuals_t, dy, m):
+        carry, saved_t, _ = residuals_t  # d_carry: the gradient of carry_t
+        dh_total = kind.hidden(d_carry) + dy  # h_t is both the output and the next step's input
         du = dh_total if w.w_hr is None else dh_total @ w.w_hr
-        dh_prev, ds_prev, dgx, dgh = gates.gradient(saved_t, h, s, ds, du)  # dgx, dgh: [batch, gates * hidden]
-        dh_prev = dh_prev + dgh @ w.w_hh
+        dgx, dgh, d_prev = backward(saved_t, carry, kind.with_hidden(d_carry, du))
+        dgx = jnp.concatenate(dgx, axis=-1) if len(dgx) > 1 else dgx[0]  # [batch, gates * hidden]
+        tied = dgh is None
+        if not tied:
+            dgh = jnp.concatenate(dgh, axis=-1) if len(dgh) > 1 else dgh[0]
+        dh_prev = kind.hidden(d_prev) + (dgx if tied else dgh) @ w.w_hh
+        d_prev = kind.with_hidden(d_prev, dh_prev)
         zero = jnp.zeros_like
-        dh_prev, ds_prev = _select(m, (dh_prev, ds_prev), (dh, ds))  # a skipped step passes them on
-        dgx, dgh, dh_total = _select(m, (dgx, dgh, dh_total), (zero(dgx), zero(dgh), zero(dh_total)))
-        return (dh_prev, ds_prev), (dgx, () if gates.tied else dgh, dh_total if w.w_hr is not None else ())
+        d_prev = _select(m, d_prev, d_carry)  # a skipped step passes the gradient on
+        dgx, dh_total = _select(m, (dgx, dh_total), (zero(dgx), zero(dh_total)))
+        if not tied:
+            dgh = _select(m, dgh, zero(dgh))
+        return d_prev, (dgx, () if tied else dgh, dh_total if w.w_hr is not None else ())
 
     def step(carry, inputs):
         residuals_t, dy, m = inputs
         steps = [
-            direction_step(w, dh, ds, r, dy_d, m)
-            for w, (dh, ds), r, dy_d in zip(weights, carry, residuals_t, dy, strict=True)
+            direction_step(w, d_carry, r, dy_d, m)
+            for w, d_carry, r, dy_d in zip(weights, carry, residuals_t, dy, strict=True)
         ]
         return tuple(c for c, _ in steps), tuple(out for _, out in steps)
 
     # the residuals without u (read after the loop only): [time, batch, ...] per direction
-    loop_residuals = tuple((h, s, saved, ()) for h, s, saved, _ in residuals)
-    carry, gradients = jax.lax.scan(
-        step, tuple(zip(dhs, dss, strict=True)), (loop_residuals, dys, mask), reverse=True
-    )
+    loop_residuals = tuple((carry, saved, ()) for carry, saved, _ in residuals)
+    d_carries, gradients = jax.lax.scan(step, tuple(d_finals), (loop_residuals, dys, mask), reverse=True)
     d_weights, dxs = [], []
-    for w, x, (hs, _, _, us), (dgx, dgh, dh_totals) in zip(weights, xs, residuals, gradients, strict=True):
-        if gates.tied:
+    for w, x, (carries, _, us), (dgx, dgh, dh_totals) in zip(weights, xs, residuals, gradients, strict=True):
+        if isinstance(dgh, tuple):  # tied: dgh is dgx
             dgh = dgx  # [time, batch, gates * hidden]
         # the weight gradients: one matrix product each, over all time steps and the batch
         d_weights.append(Weights(
             w_ih=_summed_outer_products(dgx, x),  # [gates * hidden, input]
-            w_hh=_summed_outer_products(dgh, hs),  # [gates * hidden, proj or hidden]
+            w_hh=_summed_outer_products(dgh, kind.hidden(carries)),  # [gates * hidden, proj or hidden]
             b_ih=None if w.b_ih is None else dgx.sum(axis=(0, 1)),
             b_hh=None if w.b_hh is None else dgh.sum(axis=(0, 1)),
             w_hr=None if w.w_hr is None else _summed_outer_products(dh_totals, us),  # [proj, hidden]
         ))
         dxs.append(jnp.einsum("tbg,gi->tbi", dgx, w.w_ih))  # [time, batch, input]
-    dh0s, ds0s = zip(*carry, strict=True)
-    return tuple(d_weights), tuple(dxs), dh0s, ds0s, None
+    return tuple(d_weights), tuple(dxs), d_carries, None
 
 
 def _summed_outer_products(dz, v):

@@ -16,7 +16,7 @@ import flaxseq
 import flaxseq.recurrence as recurrence
 import parity
 from flaxseq import cudnn
-from flaxseq.cells import Weights
+from flaxseq.weights import Weights
 from parity.cases import LayerCase
 from parity.compare import compare
 from parity.layers import torch_forward

@@ -1,0 +1,258 @@
+"""The open cell contract: a cell kind written here, outside the package, gets the whole stack.
+
+The kind is a minimal gated unit in the reset-after form, two gates:
+f = σ(W_f x + b_f + U_f h + c_f), n = tanh(W_n x + b_n + f ⊙ (U_n h + c_n)), h' = (1 − f) ⊙ n + f ⊙ h.
+Its outputs, final states and gradients (every parameter, the input, the initial state) through
+`flaxseq.RNNBase` are compared with a plain Python loop over the same equations, one sequence
+at a time, differentiated by JAX, in float64.
+"""
+
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flaxseq
+
+
+def mgu_step(gx, gh, h):
+    f = jax.nn.sigmoid(gx[0] + gh[0])
+    n = jnp.tanh(gx[1] + f * gh[1])
+    return (1 - f) * n + f * h
+
+
+MGU = flaxseq.CellKind("MGU", 2, mgu_step)
+
+INPUT, HIDDEN, TIME, BATCH = 3, 4, 5, 3
+
+
+def reference(params, x, h0, lengths, num_layers, bidirectional):
+    """The stack by hand: `x [time, batch, input]`, `h0 [layers * directions, batch, hidden]`."""
+    directions = ("", "_reverse") if bidirectional else ("",)
+    outputs, finals = [], []
+    for b in range(x.shape[1]):
+        length = int(lengths[b])
+        layer_input = [x[t, b] for t in range(length)]
+        sequence_finals = []
+        for layer in range(num_layers):
+            per_direction = []
+            for d, suffix in enumerate(directions):
+                name = f"_l{layer}{suffix}"
+                w_ih, w_hh = params["weight_ih" + name], params["weight_hh" + name]
+                b_ih, b_hh = params["bias_ih" + name], params["bias_hh" + name]
+                h = h0[layer * len(directions) + d, b]
+                order = range(length - 1, -1, -1) if d else range(length)
+                ys = [None] * length
+                for t in order:
+                    gx, gh = w_ih @ layer_input[t] + b_ih, w_hh @ h + b_hh
+                    f = jax.nn.sigmoid(gx[:HIDDEN] + gh[:HIDDEN])
+                    n = jnp.tanh(gx[HIDDEN:] + f * gh[HIDDEN:])
+                    h = (1 - f) * n + f * h
+                    ys[t] = h
+                per_direction.append(ys)
+                sequence_finals.append(h)
+            layer_input = [jnp.concatenate([ys[t] for ys in per_direction]) for t in range(length)]
+        padding = [jnp.zeros(len(directions) * HIDDEN, x.dtype)] * (x.shape[0] - length)
+        outputs.append(jnp.stack(layer_input + padding))
+        finals.append(jnp.stack(sequence_finals))
+    return jnp.stack(outputs, axis=1), jnp.stack(finals, axis=1)
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_user_cell_matches_a_plain_loop(lengths, bidirectional):
+    layer = flaxseq.RNNBase(MGU, INPUT, HIDDEN, num_layers=2, bidirectional=bidirectional, param_dtype=jnp.float64)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((TIME, BATCH, INPUT)))
+    h0 = jnp.asarray(rng.standard_normal((2 * layer.num_directions, BATCH, HIDDEN)))
+    lens = jnp.asarray([TIME, 1, 3]) if lengths else jnp.full((BATCH,), TIME)
+    params = layer.init(jax.random.key(0), x)["params"]
+    assert params["weight_ih_l0"].shape == (2 * HIDDEN, INPUT)
+    assert params["weight_hh_l1"].shape == (2 * HIDDEN, HIDDEN)
+    w_out = jnp.asarray(rng.standard_normal((TIME, BATCH, layer.num_directions * HIDDEN)))
+    w_h = jnp.asarray(rng.standard_normal(h0.shape))
+
+    def loss(run):
+        def value(params, x, h0):
+            output, h_n = run(params, x, h0)
+            return jnp.sum(w_out * output) + jnp.sum(w_h * h_n), (output, h_n)
+
+        return jax.value_and_grad(value, argnums=(0, 1, 2), has_aux=True)
+
+    def flax_run(params, x, h0):
+        return layer.apply({"params": params}, x, h0, lengths=lens if lengths else None)
+
+    def plain_run(params, x, h0):
+        return reference(params, x, h0, lens, 2, bidirectional)
+
+    (_, got), got_grads = jax.jit(loss(flax_run))(params, x, h0)
+    (_, want), want_grads = loss(plain_run)(params, x, h0)
+    for a, b in zip(jax.tree.leaves((got, got_grads)), jax.tree.leaves((want, want_grads)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # and JAX's own differentiation of the loop agrees with the hand-written loop gradient
+    (_, _), plain_grads = jax.jit(loss(
+        lambda p, x, h: layer.clone(custom_gradient=False).apply({"params": p}, x, h, lengths=lens)
+    ))(params, x, h0)
+    for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_user_cell_gets_the_rest_of_the_stack():
+    """batch_first, unbatched input and dropout between layers, through the user's kind."""
+    layer = flaxseq.RNNBase(MGU, INPUT, HIDDEN, num_layers=2, batch_first=True, dropout=0.5, param_dtype=jnp.float64)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((BATCH, TIME, INPUT)))
+    variables = layer.init(jax.random.key(0), x)
+    output, h_n = layer.apply(variables, x)
+    time_major, h_tm = layer.clone(batch_first=False).apply(variables, jnp.swapaxes(x, 0, 1))
+    np.testing.assert_array_equal(output, jnp.swapaxes(time_major, 0, 1))
+    one, h_one = layer.apply(variables, x[1])  # unbatched [time, input]
+    np.testing.assert_allclose(one, output[1], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(h_one, h_n[:, 1], rtol=1e-14, atol=1e-14)
+    dropped, _ = layer.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(dropped, output)  # the mask between the layers changed the result
+
+
+def test_user_cell_as_a_single_step():
+    cell = flaxseq.RNNCellBase(MGU, INPUT, HIDDEN, param_dtype=jnp.float64)
+    rng = np.random.default_rng(2)
+    x, h = jnp.asarray(rng.standard_normal((BATCH, INPUT))), jnp.asarray(rng.standard_normal((BATCH, HIDDEN)))
+    params = cell.init(jax.random.key(0), x)["params"]
+    got = cell.apply({"params": params}, x, h)
+    gx = x @ params["weight_ih"].T + params["bias_ih"]
+    gh = h @ params["weight_hh"].T + params["bias_hh"]
+    f = jax.nn.sigmoid(gx[:, :HIDDEN] + gh[:, :HIDDEN])
+    want = (1 - f) * jnp.tanh(gx[:, HIDDEN:] + f * gh[:, HIDDEN:]) + f * h
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+def test_hand_written_gradient_is_used():
+    """A `StepGradient` replaces JAX's differentiation of the step: a deliberately scaled one
+    shows in the weight gradients."""
+
+    def forward(gx, gh, h):
+        return mgu_step(gx, gh, h), (gx, gh, h)
+
+    def backward(residuals, h, dh):
+        gx, gh, h = residuals
+        _, vjp = jax.vjp(mgu_step, gx, gh, h)
+        dgx, dgh, d_h = vjp(dh)
+        return tuple(2 * g for g in dgx), tuple(2 * g for g in dgh), d_h
+
+    doubled = flaxseq.CellKind("MGU2", 2, mgu_step, gradient=flaxseq.StepGradient(forward, backward))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 2, INPUT)))  # one step: no feedback
+    grads = []
+    for kind in (MGU, doubled):
+        layer = flaxseq.RNNBase(kind, INPUT, HIDDEN, param_dtype=jnp.float64)
+        params = layer.init(jax.random.key(0), x)["params"]
+        grads.append(jax.grad(lambda p, layer=layer: layer.apply({"params": p}, x)[0].sum())(params))
+    np.testing.assert_allclose(grads[1]["weight_ih_l0"], 2 * grads[0]["weight_ih_l0"], rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        (lambda gx, gh, h: (h, h), "cell kind 'BAD': step must return the carry float64[3, 4], got (float64[3, 4], "),
+        (lambda gx, gh, h: h[:, :2], "cell kind 'BAD': step must return the carry float64[3, 4], got float64[3, 2]"),
+        (lambda gx, gh, h: h.astype(jnp.float32), "got float32[3, 4]"),
+        (lambda gx, gh, h: gx[2], "cell kind 'BAD': step(gx, gh, carry) failed"),
+    ],
+)
+def test_bad_step_is_refused_at_trace_time(step, message):
+    layer = flaxseq.RNNBase(flaxseq.CellKind("BAD", 2, step), INPUT, HIDDEN, param_dtype=jnp.float64)
+    x = jnp.zeros((TIME, BATCH, INPUT))
+    with pytest.raises(TypeError, match=re.escape(message)):
+        layer.init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: flaxseq.CellKind("", 2, mgu_step), TypeError, "CellKind name must be a non-empty str"),
+        (lambda: flaxseq.CellKind("X", 0, mgu_step), ValueError,
+         "CellKind 'X': gates must be an int of at least 1, got 0"),
+        (lambda: flaxseq.CellKind("X", 2, None), TypeError, "CellKind 'X': step must be callable, got NoneType"),
+        (lambda: flaxseq.CellKind("X", 2, mgu_step, gradient=mgu_step), TypeError,
+         "gradient must be a flaxseq.StepGradient or None, got function"),
+        (lambda: flaxseq.RNNBase("LSTM", 3, 4), TypeError, "kind must be a flaxseq.CellKind, got str"),
+        (lambda: flaxseq.RNNCellBase("GRU", 3, 4), TypeError, "kind must be a flaxseq.CellKind, got str"),
+    ],
+)
+def test_bad_kind(make, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        make()
+
+
+def test_cell_state_kind_takes_and_returns_pairs():
+    """A kind with `cell_state=True` (the LSTM's) through `RNNBase` is `flaxseq.LSTM`."""
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((TIME, BATCH, INPUT)))
+    lstm = flaxseq.LSTM(INPUT, HIDDEN, 2, param_dtype=jnp.float64)
+    base = flaxseq.RNNBase(flaxseq.kinds.LSTM, INPUT, HIDDEN, 2, param_dtype=jnp.float64)
+    variables = lstm.init(jax.random.key(0), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(base.init(jax.random.key(0), x))
+    for a, b in zip(jax.tree.leaves(lstm.apply(variables, x)), jax.tree.leaves(base.apply(variables, x)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+class MyLSTM(flaxseq.LSTM):
+    pass
+
+
+class MyGRU(flaxseq.GRU):
+    pass
+
+
+class MyRNN(flaxseq.RNN):
+    pass
+
+
+class MyRNNCell(flaxseq.RNNCell):
+    pass
+
+
+class MyLSTMCell(flaxseq.LSTMCell):
+    pass
+
+
+class MyGRUCell(flaxseq.GRUCell):
+    pass
+
+
+@pytest.mark.parametrize(
+    "sub, base, kwargs, cell",
+    [
+        (MyLSTM, flaxseq.LSTM, {"num_layers": 2, "proj_size": 2}, False),
+        (MyGRU, flaxseq.GRU, {"bidirectional": True}, False),
+        (MyRNN, flaxseq.RNN, {"nonlinearity": "relu"}, False),
+        (MyRNNCell, flaxseq.RNNCell, {"nonlinearity": "relu"}, True),
+        (MyLSTMCell, flaxseq.LSTMCell, {}, True),
+        (MyGRUCell, flaxseq.GRUCell, {}, True),
+    ],
+)
+def test_subclasses_behave_as_their_bases(sub, base, kwargs, cell):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((BATCH, INPUT) if cell else (TIME, BATCH, INPUT)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        variables = base(INPUT, HIDDEN, **kwargs).init(jax.random.key(0), x)
+        variables = jax.tree.map(lambda a: a * 3.0, variables)  # large enough that relu and tanh differ
+        got = sub(INPUT, HIDDEN, **kwargs).apply(variables, x)
+        want = base(INPUT, HIDDEN, **kwargs).apply(variables, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_relu_subclass_is_not_tanh():
+    """The bug a class-name check gave: a subclass of `RNNCell` computed tanh for 'relu'."""
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((BATCH, INPUT))) * 5
+    variables = flaxseq.RNNCell(INPUT, HIDDEN).init(jax.random.key(0), x)
+    h = MyRNNCell(INPUT, HIDDEN, nonlinearity="relu").apply(variables, x)
+    assert float(h.min()) == 0.0 and float(h.max()) > 1.0  # relu's range, not tanh's
