@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test parity lint
+.PHONY: run test parity lint docs check-wheel
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ run: $(INSTALLED)  # the main job: train the text classifier on BBC News
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: lint docs
 	$(PY) -m pytest -q
+	$(MAKE) check-wheel
+
+docs: $(INSTALLED)  # the API reference from the docstrings, warnings as errors: open build/docs/index.html
+	$(PY) scripts/docs.py build/docs
+
+check-wheel:  # the built wheel in a fresh environment without torch, run from outside the repository
+	PYTHON=$(PYTHON) bash scripts/check_wheel.sh
 
 parity: $(INSTALLED)  # the parity report: every layer, cell and model against PyTorch
 	$(PY) -m parity
