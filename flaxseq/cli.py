@@ -5,20 +5,30 @@
     flaxseq train seq2seq  [...]
     flaxseq evaluate RUN            # the saved run's test metrics again
     flaxseq predict RUN TEXT...     # label, tags or phonemes for each text
+    flaxseq predict RUN --file F    # ... for each line of F (`--file -`: standard input)
     flaxseq export RUN FILE         # the trained weights as a PyTorch state_dict file
     flaxseq --malloc default ...    # leave glibc's malloc as it is (see `entry`)
+    flaxseq --debug ...             # a refusal shows its traceback (also FLAXSEQ_DEBUG=1)
+    flaxseq --version
 
 Every `train` option is a field of the task's config dataclass; `--help` lists them with
 their defaults.
+
+Errors: a usage error, an option value that cannot train included, keeps argparse's form
+(`flaxseq train classify: error: argument --epochs: ...`, exit 2); any other refusal prints
+`flaxseq: error: ...` naming the argument or file, what was expected and what was given
+(exit 1), with a traceback only under `--debug` or `FLAXSEQ_DEBUG=1`.
 """
 
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import typing
 
+import flaxseq
 from flaxseq.memory import keep_freed_memory
 
 HELP = {
@@ -41,8 +51,9 @@ HELP = {
     "hidden_size": "recurrent hidden size",
     "num_layers": "recurrent layers",
     "dropout": "dropout probability",
-    "train": "CoNLL-U training file (10%% held out for validation)",
-    "test": "CoNLL-U test file",
+    "train": "CoNLL-U training file, 10%% held out for validation "
+             "(None: $FLAXSEQ_DATA/ud-english-ewt/en_ewt-ud-dev.conllu)",
+    "test": "CoNLL-U test file (None: $FLAXSEQ_DATA/ud-english-ewt/en_ewt-ud-test.conllu)",
     "lowercase": "lowercase the words",
     "unk_max_count": "training words seen at most this often may be replaced by their shape or <unk>",
     "unk_probability": "probability of that replacement",
@@ -83,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep: malloc keeps freed memory for the next step (flaxseq.memory: faster steps, the process "
         "holds several times its largest temporaries); default: glibc's settings (default: %(default)s)",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a refusal (also with the environment variable FLAXSEQ_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {flaxseq.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model; writes a run folder")
     tasks = train.add_subparsers(dest="task", required=True)
@@ -90,11 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         task_parser = tasks.add_parser(name, help=(sys.modules[config_type.__module__].__doc__ or "").splitlines()[0],
                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         _add_config_options(task_parser, config_type)
+        task_parser.set_defaults(parser=task_parser)
     evaluate = commands.add_parser("evaluate", help="the saved run's test metrics, computed again")
     evaluate.add_argument("run", help="run folder written by train")
     predict = commands.add_parser("predict", help="label, tags or phonemes for each text")
     predict.add_argument("run", help="run folder written by train")
-    predict.add_argument("texts", nargs="+", help="texts (or words, for seq2seq)")
+    predict.add_argument("texts", nargs="*", help="texts (or words, for seq2seq)")
+    predict.add_argument("--file", metavar="PATH", help="read the texts from PATH, one per line ('-': standard input)")
+    predict.set_defaults(parser=predict)
     export = commands.add_parser("export", help="the trained weights as a PyTorch state_dict file (needs torch)")
     export.add_argument("run", help="run folder written by train")
     export.add_argument("file", help="output file, e.g. model.pt")
@@ -102,11 +119,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
+    """The command on `argv` (default: `sys.argv[1:]`), without the process settings of `entry`."""
+    return guarded(build_parser().parse_args(argv))
+
+
+def guarded(args: argparse.Namespace) -> int:
+    """`run(args)`, with a refusal shown as a message (see the module docstring)."""
+    from flaxseq.tasks.options import OptionError
+
+    debug = args.debug or os.environ.get("FLAXSEQ_DEBUG") == "1"
+    try:
+        return run(args)
+    except OptionError as error:
+        if debug:
+            raise
+        args.parser.error(f"argument {error.option}: {error.message}")  # exits 2
+    except Exception as error:
+        if debug:
+            raise
+        print(f"flaxseq: error: {message(error)}", file=sys.stderr)
+        return 1
+
+
+def message(error: Exception) -> str:
+    """What a refusal says: the error's own text; an OS error's reason and file."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, (ValueError, OSError, FloatingPointError, TypeError, ImportError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def read_texts(args: argparse.Namespace) -> list[str]:
+    """The texts to predict: the arguments, or the lines of `--file` (not both); none empty."""
+    if args.file is not None and args.texts:
+        args.parser.error("argument --file: not allowed with texts")
+    if args.file is None and not args.texts:
+        args.parser.error("expected texts or --file PATH")
+    if args.file is None:
+        sources, texts = [f"text {i + 1}" for i in range(len(args.texts))], list(args.texts)
+    else:
+        name = "standard input" if args.file == "-" else args.file
+        if args.file == "-":
+            texts = sys.stdin.read().splitlines()
+        else:
+            try:
+                texts = pathlib.Path(args.file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as error:
+                raise ValueError(f"--file: cannot read {args.file} as UTF-8 text: {message(error)}") from None
+        if not texts:
+            raise ValueError(f"--file: {name} holds no text; expected one text per line")
+        sources = [f"{name}:{i + 1}" for i in range(len(texts))]
+    for source, text in zip(sources, texts, strict=True):
+        if not text.strip():
+            raise ValueError(f"{source} is empty; expected a text with at least one word")
+    return texts
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out a parsed command line."""
+    """Carry out a parsed command line; refusals raise."""
     if args.command == "train":
         config_type, train = _tasks()[args.task]
         config = config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})
@@ -115,16 +186,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from flaxseq.tasks import saved
 
+    texts = read_texts(args) if args.command == "predict" else None
     run = saved.load_run(pathlib.Path(args.run))
     if args.command == "evaluate":
-        print(json.dumps(run.evaluate(), indent=1))
+        print(json.dumps(run.evaluate(warn=warn), indent=1))
     elif args.command == "predict":
-        for text, prediction in zip(args.texts, run.predict(args.texts), strict=True):
+        for text, prediction in zip(texts, run.predict(texts, warn=warn), strict=True):
             print(f"{text}\t{prediction}")
     elif args.command == "export":
         saved.export(run, pathlib.Path(args.file))
         print(f"wrote {args.file}")
     return 0
+
+
+def warn(text: str) -> None:
+    print(f"flaxseq: warning: {text}", file=sys.stderr)
 
 
 def entry() -> int:
@@ -135,4 +211,4 @@ def entry() -> int:
     args = build_parser().parse_args()
     if args.malloc == "keep":
         keep_freed_memory()
-    return run(args)
+    return guarded(args)

@@ -44,13 +44,16 @@ def test_train_writes_the_run(classify_run):
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["wall_seconds"] > 0
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert (classify_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (classify_run / "checkpoint" / "state.msgpack").exists()
+    assert sorted(p.name for p in (classify_run / "checkpoint").iterdir()) == ["checkpoint.msgpack"]
     assert json.loads((classify_run / "config.json").read_text())["task"] == "classify"
+    assert json.loads((classify_run / "run.json").read_text())["format"] == "flaxseq run"
 
 
-def test_a_fresh_run_will_not_overwrite_a_run(classify_run, news_folder):
-    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
-        main(["train", "classify", "--data", str(news_folder), "--out", str(classify_run), *SMALL])
+def test_a_fresh_run_will_not_overwrite_a_run(classify_run, news_folder, capsys):
+    before = {p: p.read_bytes() for p in classify_run.rglob("*") if p.is_file()}
+    assert main(["train", "classify", "--data", str(news_folder), "--out", str(classify_run), *SMALL]) == 1
+    assert f"flaxseq: error: {classify_run} already holds a run; pass --resume" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in classify_run.rglob("*") if p.is_file()} == before
 
 
 def test_evaluate_repeats_the_test_metrics(classify_run, capsys):
@@ -75,13 +78,13 @@ def test_export_loads_into_the_torch_twin(classify_run, tmp_path):
                                     len(run.prepared.classes), dropout=config.dropout)
     twin.load_state_dict(torch.load(path), strict=True)
     twin.eval()
-    ids, lengths, _ = run.prepared.splits["test"]
+    ids, lengths, _ = run.test_data().splits["test"]
     flax_logits = run.model.apply({"params": run.params}, ids, lengths)
     torch_logits = twin(torch.from_numpy(ids).long(), torch.from_numpy(lengths).long()).detach().numpy()
     np.testing.assert_allclose(flax_logits, torch_logits, rtol=1e-5, atol=1e-6)
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(news_folder, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(news_folder, tmp_path, monkeypatch, capsys):
     def args(out):
         return ["train", "classify", "--data", str(news_folder), "--out", str(tmp_path / out), "--max-length", "8",
                 *SMALL, "--epochs", "3"]
@@ -100,8 +103,10 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(news_folder, tmp
     with pytest.raises(KeyboardInterrupt):
         main(args("parts"))
     monkeypatch.setattr(flaxseq.train, "run_epoch", original)
-    with pytest.raises(ValueError, match="epochs: checkpoint has 3, this run has 4"):
-        main([*args("parts"), "--resume", "--epochs", "4"])
+    before = {p: p.read_bytes() for p in (tmp_path / "parts").rglob("*") if p.is_file()}
+    assert main([*args("parts"), "--resume", "--epochs", "4"]) == 1
+    assert "nothing was overwritten:\n  epochs: checkpoint has 3, this run has 4" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tmp_path / "parts").rglob("*") if p.is_file()} == before
     assert main([*args("parts"), "--resume"]) == 0
     whole, parts = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "parts"))
     assert [h["train_loss"] for h in parts["history"]] == [h["train_loss"] for h in whole["history"]]
@@ -131,9 +136,9 @@ def test_help_lists_options_with_defaults():
     assert "--resume, --no-resume" in result.stdout
 
 
-def test_missing_run_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a run folder: config.json is missing"):
-        main(["evaluate", str(tmp_path)])
+def test_missing_run_folder(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"flaxseq: error: {tmp_path} is not a run folder: config.json is missing\n"
 
 
 

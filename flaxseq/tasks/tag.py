@@ -1,8 +1,10 @@
 """Part-of-speech tagging: `GRUTagger` on CoNLL-U files (word and UPOS columns).
 
-By default it trains on Universal Dependencies English-EWT's dev file and tests on its test
-file, as found under `shared/data/ud-english-ewt/` beside the repository (`--train`, `--test`
-choose others). 10% of the training sentences (seeded) are held out for validation. Words are
+`--train` and `--test` name the CoNLL-U files. Without them, it trains on Universal
+Dependencies English-EWT's dev file and tests on its test file, found in the folder that the
+environment variable `FLAXSEQ_DATA` names, as `$FLAXSEQ_DATA/ud-english-ewt/en_ewt-ud-dev.conllu`
+and `.../en_ewt-ud-test.conllu`; with neither, the command refuses and says where to get them.
+10% of the training sentences (seeded) are held out for validation. Words are
 lowercased (unless `--no-lowercase`). A word outside the vocabulary is encoded as its shape
 (`flaxseq.data.shapes`: case, digits, hyphen, suffix of its original spelling), or as `<unk>`
 with `--no-unk-shapes`; at every training step, rare training words are replaced by their shape
@@ -11,6 +13,7 @@ only (padding never counts).
 """
 
 import dataclasses
+import os
 import pathlib
 import time
 import typing
@@ -22,17 +25,22 @@ import optax
 
 from flaxseq import data
 from flaxseq.tagger import GRUTagger
-from flaxseq.tasks.run import RunConfig, prepare_out, split_batches, train_model, write_metrics
+from flaxseq.tasks import folder, options
+from flaxseq.tasks.run import RunConfig, split_batches, start, train_model, write_metrics
 
 FIELDS = ("ids", "lengths", "tags")  # the batch's arrays, in the order of the data splits
-EWT = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ud-english-ewt"
+VOCAB_FILES = ("vocab.json", "tags.json")  # what predict reads from the run folder
+TEST_DATA = "test"  # the fingerprint evaluate checks
+DATA_VARIABLE = "FLAXSEQ_DATA"
+EWT_FILES = ("ud-english-ewt/en_ewt-ud-dev.conllu", "ud-english-ewt/en_ewt-ud-test.conllu")  # under $FLAXSEQ_DATA
+EWT_URL = "https://github.com/UniversalDependencies/UD_English-EWT"
 
 
 @dataclasses.dataclass
 class TagConfig(RunConfig):
     task: typing.ClassVar[str] = "tag"
-    train: str = str(EWT / "en_ewt-ud-dev.conllu")
-    test: str = str(EWT / "en_ewt-ud-test.conllu")
+    train: str | None = None  # None: $FLAXSEQ_DATA/ud-english-ewt/en_ewt-ud-dev.conllu
+    test: str | None = None  # None: $FLAXSEQ_DATA/ud-english-ewt/en_ewt-ud-test.conllu
     max_length: int = 64
     lowercase: bool = True
     min_freq: int = 1
@@ -46,11 +54,47 @@ class TagConfig(RunConfig):
     epochs: int = 20
     learning_rate: float = 2e-3
 
+    def check(self) -> None:
+        """The run's rules, sizes at least 1, `unk_max_count` at least 0, `unk_probability` in [0, 1]."""
+        super().check()
+        options.at_least(self, 1, "max_length", "min_freq", "embed_dim", "hidden_size", "num_layers")
+        options.at_least(self, 0, "unk_max_count")
+        options.probability(self, "unk_probability")
+
+    def resolved(self) -> "TagConfig":
+        """`--train` and `--test` (or the English-EWT files under `$FLAXSEQ_DATA`), made absolute;
+        both must exist."""
+        paths = {"train": self.train, "test": self.test}
+        root = os.environ.get(DATA_VARIABLE)
+        for (name, path), default in zip(paths.items(), EWT_FILES, strict=True):
+            if path is None:
+                if not root or not (pathlib.Path(root) / default).is_file():
+                    raise FileNotFoundError(missing_data_message(root))
+                path = str(pathlib.Path(root) / default)
+            if not pathlib.Path(path).is_file():
+                raise FileNotFoundError(f"--{name}: expected a CoNLL-U file, got {path}, which does not exist")
+            paths[name] = str(pathlib.Path(path).resolve())
+        return dataclasses.replace(self, **paths)
+
+
+def missing_data_message(root: str | None) -> str:
+    """Why the tagger has no data, and where to put it."""
+    where = (f"{DATA_VARIABLE}={root} holds no {' or '.join(EWT_FILES)}" if root
+             else f"no --train and --test were given and {DATA_VARIABLE} is not set")
+    return (f"the tagger needs CoNLL-U files: {where}. Pass --train FILE --test FILE, or get Universal "
+            f"Dependencies English-EWT ({EWT_URL}: en_ewt-ud-dev.conllu, en_ewt-ud-test.conllu), put the two files "
+            f"in DIR/ud-english-ewt/ and set {DATA_VARIABLE}=DIR")
+
 
 def read_sentences(path: str) -> list[tuple[list[str], list[str]]]:
     if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"no CoNLL-U file at {path}")
     return data.read_conllu(path)
+
+
+def read_test_data(config: TagConfig) -> tuple[list, str]:
+    """The test file's sentences `[(words, tags)]` and its path."""
+    return read_sentences(config.test), config.test
 
 
 def make_loss(model: GRUTagger, replacement: np.ndarray | None = None, unk_probability: float = 0.0):
@@ -89,32 +133,58 @@ class Prepared:
     vocab: data.Vocab
     tags: data.Vocab
     splits: dict[str, tuple[np.ndarray, ...]]
-    unseen: float  # share of test tokens whose word is absent from the vocabulary
-    replacement: np.ndarray  # [vocab] ids: the shape (or <unk>) of each rare training word, else the word
+    unseen: float | None = None  # share of test tokens whose word is absent from the vocabulary
+    replacement: np.ndarray | None = None  # [vocab] ids: the shape (or <unk>) of each rare training word
+    fingerprints: dict | None = None  # of the training and test files
 
 
 def prepare(config: TagConfig) -> Prepared:
     """Read both files, hold out 10% of training sentences (seeded), build vocabularies, encode."""
     sentences = read_sentences(config.train)
-    test_sentences = read_sentences(config.test)
+    test_sentences, test_source = read_test_data(config)
     train_idx, valid_idx = data.split_indices(len(sentences), (0.9, 0.1), seed=config.seed)
     train_words = [sentences[i][0] for i in train_idx]
     vocab, replacement = build_vocab(train_words, config)
     tags = data.Vocab.build([t for _, t in sentences])
-
-    def split(words, tag_seqs):
-        tokens = data.known_or_shape(words, vocab, config.lowercase, shapes=config.unk_shapes)
-        word_ids, tag_ids, lengths = data.encode_tagged(tokens, tag_seqs, vocab, tags, config.max_length)
-        return word_ids, lengths, tag_ids
-
-    splits = {
-        "train": split(train_words, [sentences[i][1] for i in train_idx]),
-        "valid": split(*zip(*[sentences[i] for i in valid_idx], strict=True)),
-        "test": split(*zip(*test_sentences, strict=True)),
+    fingerprints = {"train": folder.fingerprint(config.train, sentences),
+                    TEST_DATA: folder.fingerprint(test_source, test_sentences)}
+    prepared = Prepared(vocab, tags, {}, replacement=replacement, fingerprints=fingerprints)
+    prepared.splits = {
+        "train": encode(prepared, config, [sentences[i] for i in train_idx]),
+        "valid": encode(prepared, config, [sentences[i] for i in valid_idx]),
+        "test": encode(prepared, config, test_sentences),
     }
     test_words = [w.lower() if config.lowercase else w for words, _ in test_sentences for w in words]
-    unseen = float(np.mean([w not in vocab for w in test_words]))
-    return Prepared(vocab, tags, splits, unseen, replacement)
+    prepared.unseen = float(np.mean([w not in vocab for w in test_words]))
+    return prepared
+
+
+def encode(prepared: Prepared, config: TagConfig, sentences: list) -> tuple[np.ndarray, ...]:
+    """`(word_ids, lengths, tag_ids)` of `[(words, tags)]`, unknown words as their shapes."""
+    words, tag_seqs = [w for w, _ in sentences], [t for _, t in sentences]
+    tokens = data.known_or_shape(words, prepared.vocab, config.lowercase, shapes=config.unk_shapes)
+    word_ids, tag_ids, lengths = data.encode_tagged(tokens, tag_seqs, prepared.vocab, prepared.tags, config.max_length)
+    return word_ids, lengths, tag_ids
+
+
+def with_test(config: TagConfig, prepared: Prepared, sentences: list) -> Prepared:
+    """`prepared` (the run's vocabularies) with the test split of `sentences` (`read_test_data`)."""
+    return dataclasses.replace(prepared, splits={"test": encode(prepared, config, sentences)})
+
+
+def save_vocabularies(prepared: Prepared, out: pathlib.Path) -> None:
+    prepared.vocab.save(out / "vocab.json")
+    prepared.tags.save(out / "tags.json")
+
+
+def load_vocabularies(run: pathlib.Path) -> Prepared:
+    """The run's word and tag vocabularies (no data splits)."""
+    return Prepared(folder.load_vocab(run / "vocab.json"), folder.load_vocab(run / "tags.json"), {})
+
+
+def example(config: TagConfig) -> tuple[np.ndarray, ...]:
+    """A split of one sentence, `(word_ids [1, max_length], lengths [1], tag_ids [1, max_length])`."""
+    return np.zeros((1, config.max_length), np.int32), np.ones(1, np.int32), np.zeros((1, config.max_length), np.int32)
 
 
 def build_vocab(train_words: list[list[str]], config: TagConfig) -> tuple[data.Vocab, np.ndarray]:
@@ -145,10 +215,7 @@ def build_model(config: TagConfig, prepared: Prepared) -> GRUTagger:
 def train(config: TagConfig, log=print) -> dict:
     """Train, validate every epoch, test once; writes the run to `config.out`; returns metrics."""
     started = time.perf_counter()
-    out = prepare_out(config)
-    prepared = prepare(config)
-    prepared.vocab.save(out / "vocab.json")
-    prepared.tags.save(out / "tags.json")
+    config, out, prepared = start(config, prepare, VOCAB_FILES, save_vocabularies)
     sizes = "/".join(str(len(s[0])) for s in prepared.splits.values())
     log(f"train/valid/test sentences {sizes}; vocabulary {len(prepared.vocab)}, {len(prepared.tags)} tags;"
         f" {prepared.unseen:.1%} of test tokens unseen")
@@ -169,10 +236,11 @@ def test_metrics(trainer, model, params, prepared: Prepared, config) -> dict:
     return {"token_accuracy": test["accuracy"], "test_loss": test["loss"]}
 
 
-def predict(model: GRUTagger, params, prepared: Prepared, config: TagConfig, texts: list[str]) -> list[str]:
-    """Space-separated UPOS tags for each whitespace-tokenised text."""
-    words = data.known_or_shape([text.split() or ["<unk>"] for text in texts], prepared.vocab, config.lowercase,
+def predict(model: GRUTagger, params, prepared: Prepared, config: TagConfig, texts: list[str], warn) -> list[str]:
+    """Space-separated UPOS tags for every word of each whitespace-tokenised text, however long
+    (a recurrent tagger needs no truncation: the batch is as long as its longest text)."""
+    words = data.known_or_shape([text.split() for text in texts], prepared.vocab, config.lowercase,
                                 shapes=config.unk_shapes)
-    ids, lengths = data.encode_sequences(words, prepared.vocab, config.max_length)
+    ids, lengths = data.encode_sequences(words, prepared.vocab, max(len(w) for w in words))
     tags = np.asarray(jnp.argmax(model.apply({"params": params}, ids, lengths), -1))
     return [" ".join(prepared.tags.id_to_token(int(t)) for t in row[:n]) for row, n in zip(tags, lengths, strict=True)]
