@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test parity lint docs check-wheel
+.PHONY: run tag test parity lint docs check-wheel
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 run: $(INSTALLED)  # the main job: train the text classifier on BBC News
 	$(VENV)/bin/flaxseq train classify --overwrite
+
+EWT ?= ../shared/data/ud-english-ewt
+tag: $(INSTALLED)  # the tagger on UD English-EWT, passed explicitly (dev to train, test to test)
+	$(VENV)/bin/flaxseq train tag --train $(EWT)/en_ewt-ud-dev.conllu --test $(EWT)/en_ewt-ud-test.conllu --overwrite
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
