@@ -16,8 +16,17 @@ pip_quiet() {
     "$@" >>"$TMP/pip.log" 2>&1 || { tail -n 40 "$TMP/pip.log"; say "failed: $*"; exit 1; }
 }
 
+# From a copy of the files git tracks or would track: a stale build/ in the checkout (modules
+# since removed) cannot reach the wheel, and the checkout gets no build output.
 say "building the wheel"
-pip_quiet "$PYTHON" -m pip wheel -q --no-deps -w "$TMP/dist" "$REPO"
+src=$REPO
+if git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1; then
+    src=$TMP/src
+    mkdir "$src"
+    git -C "$REPO" ls-files -z --cached --others --exclude-standard \
+        | tar -C "$REPO" --null -T - --ignore-failed-read -cf - 2>>"$TMP/pip.log" | tar -C "$src" -xf -
+fi
+pip_quiet "$PYTHON" -m pip wheel -q --no-deps -w "$TMP/dist" "$src"
 wheels=("$TMP"/dist/flaxseq-*.whl)
 [[ ${#wheels[@]} == 1 && -f ${wheels[0]} ]] || { say "expected one flaxseq wheel, got: ${wheels[*]}"; exit 1; }
 wheel=${wheels[0]}
