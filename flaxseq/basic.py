@@ -76,12 +76,19 @@ class Embedding(nn.Module):
     def __call__(self, ids) -> jax.Array:
         checks.check_x64(self.param_dtype)
         ids = check_ids("ids", ids, self.num_embeddings)
-        table = jnp.asarray(self.param("embedding", self._init, (self.num_embeddings, self.features), self.param_dtype))
-        if self.padding_idx is not None:
-            table = table.at[self.padding_idx].set(jax.lax.stop_gradient(table[self.padding_idx]))
-        table = jnp.asarray(table, self.dtype or table.dtype)
-        ids = jnp.where(ids < 0, self.num_embeddings, ids)  # negative ids would wrap around
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        table = self.param("embedding", self._init, (self.num_embeddings, self.features), self.param_dtype)
+        return lookup(table, ids, self.padding_idx, self.dtype)
+
+
+def lookup(table, ids: jax.Array, padding_idx: int | None = None, dtype: Any = None) -> jax.Array:
+    """The rows `table[ids]`, `[num, features]`, `[...] -> [..., features]`: the `padding_idx`
+    row passes no gradient back, and ids outside `[0, num)` give NaN rows (checked ids never do)."""
+    table = jnp.asarray(table)
+    if padding_idx is not None:
+        table = table.at[padding_idx].set(jax.lax.stop_gradient(table[padding_idx]))
+    table = jnp.asarray(table, dtype or table.dtype)
+    ids = jnp.where(ids < 0, table.shape[0], ids)  # negative ids would wrap around
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 def check_ids(name: str, ids, vocab_size: int) -> jax.Array:

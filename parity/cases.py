@@ -36,6 +36,7 @@ class LayerCase:
     proj_size: int = 3  # LSTM_PROJ only
     batch: int = 4
     time: int = 6
+    api: str = "linen"  # the flaxseq front end: "linen" or "nnx"
 
     @property
     def is_cell(self) -> bool:
@@ -49,7 +50,7 @@ class LayerCase:
             parts += ["bi"] * self.bidirectional + ["batch_first"] * self.batch_first
             parts += ["lengths"] * self.lengths
         parts += ["no_bias"] * (not self.bias) + ["hx"] * self.hx + ["unbatched"] * self.unbatched
-        return " ".join(parts)
+        return " ".join(["nnx"] * (self.api == "nnx") + parts)
 
     def run(self, seed: int = 0) -> Report:
         return run_case(self, seed)
@@ -113,7 +114,10 @@ def run_case(case: LayerCase, seed: int = 0) -> Report:
     """Build the PyTorch module with seeded weights, convert it, and compare on random inputs."""
     torch.manual_seed(seed)
     torch_module = case.torch_module()
-    flax_module, variables = from_torch(torch_module)
+    if case.api == "nnx":
+        flax_module, variables = from_torch(torch_module, api="nnx"), None
+    else:
+        flax_module, variables = from_torch(torch_module)
     args, kwargs, input_names = case.inputs(np.random.default_rng(seed))
     call = None if case.is_cell else torch_forward
     return compare(
@@ -125,20 +129,20 @@ def run_case(case: LayerCase, seed: int = 0) -> Report:
 def representative_cases() -> list[LayerCase]:
     """The report's default set: every mode and cell, in a demanding and a plain configuration."""
     cases = []
-    for dtype in ("float64", "float32"):
+    for api, dtype in itertools.product(("linen", "nnx"), ("float64", "float32")):
         for mode in LAYER_MODES:
             cases.append(LayerCase(mode, num_layers=2, bidirectional=True, batch_first=True,
-                                   hx=True, lengths=True, dtype=dtype))
-            cases.append(LayerCase(mode, num_layers=3, bias=False, unbatched=True, dtype=dtype))
+                                   hx=True, lengths=True, dtype=dtype, api=api))
+            cases.append(LayerCase(mode, num_layers=3, bias=False, unbatched=True, dtype=dtype, api=api))
         for mode in CELL_MODES:
-            cases.append(LayerCase(mode, hx=True, dtype=dtype))
+            cases.append(LayerCase(mode, hx=True, dtype=dtype, api=api))
     return cases
 
 
 LAYER_AXES = dict(
     mode=LAYER_MODES, num_layers=(1, 2, 3), bidirectional=(False, True), bias=(True, False),
     batch_first=(False, True), hx=(False, True), lengths=(False, True),
-    unbatched=(False, True), dtype=("float64", "float32"),
+    unbatched=(False, True), dtype=("float64", "float32"), api=("linen", "nnx"),
 )
 
 
@@ -173,9 +177,9 @@ def covering_cases(strength: int = 3) -> list[LayerCase]:
 def cell_grid() -> list[LayerCase]:
     """The full product for the cells."""
     return [
-        LayerCase(mode, bias=bias, hx=hx, unbatched=unbatched, dtype=dtype)
-        for mode, bias, hx, unbatched, dtype in itertools.product(
-            CELL_MODES, (True, False), (False, True), (False, True), ("float64", "float32")
+        LayerCase(mode, bias=bias, hx=hx, unbatched=unbatched, dtype=dtype, api=api)
+        for mode, bias, hx, unbatched, dtype, api in itertools.product(
+            CELL_MODES, (True, False), (False, True), (False, True), ("float64", "float32"), ("linen", "nnx")
         )
     ]
 

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 import flaxseq
+import flaxseq.nnx
 import torch_ref
 from parity.compare import Report, compare
 from parity.convert import copy_rule, from_torch, module_dtype, register, torch_dtype
+from parity.nnx import nnx_copy_rule
 
 TOKEN_FIELDS = ("vocab_size", "embed_dim", "hidden_size", "num_layers", "num_classes", "dropout")
 FEATURE_FIELDS = ("input_size", "hidden_size", "num_layers", "num_classes")
@@ -31,6 +33,11 @@ def feature_args(module) -> tuple:
     return (jnp.zeros((1, 1, module.input_size), module.param_dtype),)
 
 
+def _dropout_rate(module) -> float:
+    """The rate of a dropout module: torch's `p`, NNX's `rate`."""
+    return module.p if isinstance(module, torch.nn.Dropout) else module.rate
+
+
 def dropout_rule(torch_type: type, flax_type: type, fields: tuple[str, ...], example_args):
     """`copy_rule`, except that the rate is read from PyTorch's `dropout` module as `dropout.p`."""
     rule = copy_rule(torch_type, flax_type, fields, example_args)
@@ -44,6 +51,10 @@ def dropout_rule(torch_type: type, flax_type: type, fields: tuple[str, ...], exa
 
 dropout_rule(torch_ref.LSTMClassifier, flaxseq.LSTMClassifier, TOKEN_FIELDS, token_args)
 dropout_rule(torch_ref.TextClassifier, flaxseq.TextClassifier, TOKEN_FIELDS, token_args)
+nnx_copy_rule(
+    torch_ref.TextClassifier, flaxseq.nnx.TextClassifier,
+    {**{f: f for f in TOKEN_FIELDS if f != "dropout"}, "dropout": lambda m: _dropout_rate(m.dropout)},
+)
 copy_rule(torch_ref.BiLSTM, flaxseq.BiLSTM, FEATURE_FIELDS, feature_args)
 copy_rule(
     torch_ref.PackedLSTM, flaxseq.PackedLSTM, FEATURE_FIELDS,

@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
+import parity.nnx as parity_nnx
 from parity.convert import to_state_dict
 
 # dtype -> (largest relative error, largest absolute error or None)
@@ -107,10 +109,16 @@ def compare(
       output_names, input_names: names for the flattened outputs and floating inputs.
       seed: seeds the loss weights.
 
+    `flax_module` may be a `flaxseq.nnx` module, with `variables` None (it holds its weights).
+
     Both run in evaluation mode (PyTorch `eval()`, flaxseq `deterministic=True`); flaxseq under
     `jax.jit`.
     """
     kwargs = dict(kwargs or {})
+    nnx_module = isinstance(flax_module, nnx.Module)
+    if nnx_module:  # compared through linen's functional form, on a copy in evaluation mode
+        flax_module = parity_nnx.AsLinen(flax_module)
+        variables = flax_module.variables
     torch_call = torch_call or (lambda module, *a, **k: module(*a, **k))
     leaves, treedef = jax.tree.flatten(args)
     float_index = [i for i, leaf in enumerate(leaves) if _is_float(leaf)]
@@ -163,7 +171,10 @@ def compare(
         name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
         for name, p in torch_module.named_parameters()
     }
-    flax_grads = to_state_dict(flax_module, {"params": param_grads})
+    if nnx_module:
+        flax_grads = parity_nnx.state_dict_of(param_grads)
+    else:
+        flax_grads = to_state_dict(flax_module, {"params": param_grads})
     if set(torch_grads) != set(flax_grads):
         raise ValueError(
             f"parameter names differ: only in flaxseq {sorted(set(flax_grads) - set(torch_grads))}, "

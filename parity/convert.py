@@ -20,7 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
+
+import parity.nnx as parity_nnx
 
 # Flax leaf name -> (PyTorch leaf name, whether the array is transposed between the two).
 LEAF_RULES = {"kernel": ("weight", True), "embedding": ("weight", False)}
@@ -129,11 +132,14 @@ def expected_params(flax_module: nn.Module) -> dict[tuple[str, ...], jax.ShapeDt
     return flatten_dict(shapes["params"])
 
 
-def to_state_dict(flax_module: nn.Module, variables: Mapping) -> dict[str, np.ndarray]:
-    """flaxseq variables -> PyTorch state_dict of numpy arrays (dtype kept).
+def to_state_dict(flax_module, variables: Mapping | None = None) -> dict[str, np.ndarray]:
+    """flaxseq variables (linen), or an NNX module's parameters -> PyTorch state_dict of numpy
+    arrays (dtype kept).
 
-    Works for any pytree with the parameter structure, gradients included.
+    linen: works for any pytree with the parameter structure, gradients included.
     """
+    if isinstance(flax_module, nnx.Module):
+        return parity_nnx.to_state_dict(flax_module)
     del flax_module  # the names alone decide; kept for symmetry with `from_state_dict`
     state_dict = {}
     for path, value in flatten_dict(variables["params"]).items():
@@ -149,60 +155,80 @@ def _as_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def from_state_dict(flax_module: nn.Module, state_dict: Mapping[str, Any]) -> dict:
-    """PyTorch state_dict (torch tensors or numpy arrays) -> flaxseq variables `{'params': ...}`.
-
-    Strict: every missing, unexpected, misshaped and non-floating (integer, boolean) key is
-    collected and raised at once in a `ValueError` naming each. The arrays keep their dtype;
-    float64 while JAX's x64 mode is off is an error (JAX would silently give float32).
-    """
-    expected = expected_params(flax_module)
-    names = {torch_name(path): path for path in expected}
-    by_key = {key: (path, transposed) for (key, transposed), path in names.items()}
-    problems = []
-    missing = sorted(set(by_key) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(by_key))
+def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """`state_dict` against `expected` (PyTorch's key -> shape in PyTorch's layout): the values
+    as numpy arrays, and every problem: missing, unexpected, non-floating (integer, boolean),
+    misshaped keys, and float64 while JAX's x64 mode is off (JAX would silently give float32)."""
+    problems, values = [], {}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
-    params = {}
-    for key, (path, transposed) in sorted(by_key.items()):
-        if key not in state_dict:
-            continue
+    for key in sorted(set(expected) & set(state_dict)):
         value = _as_numpy(state_dict[key])
         if not jnp.issubdtype(value.dtype, jnp.floating):
             problems.append(f"{key}: expected floating-point weights, got dtype {value.dtype}")
-            continue
-        value = value.T if transposed else value
-        want = tuple(expected[path].shape)
-        if value.shape != want:
-            shown = value.T.shape if transposed else value.shape
-            torch_want = want[::-1] if transposed else want
-            problems.append(f"{key}: expected shape {torch_want}, got {shown}")
-            continue
-        if value.dtype == np.float64 and not jax.config.jax_enable_x64:
+        elif value.shape != tuple(expected[key]):
+            problems.append(f"{key}: expected shape {tuple(expected[key])}, got {value.shape}")
+        elif value.dtype == np.float64 and not jax.config.jax_enable_x64:
             problems.append(
                 f"{key}: float64 needs JAX's x64 mode, which is off "
                 "(jax.config.update('jax_enable_x64', True)); JAX would give float32"
             )
-            continue
-        params[path] = jnp.asarray(value)
-    if problems:
-        raise ValueError(
-            f"state_dict does not match {type(flax_module).__name__}:\n  " + "\n  ".join(problems)
+        else:
+            values[key] = value
+    return values, problems
+
+
+def from_state_dict(module, state_dict: Mapping[str, Any]):
+    """PyTorch state_dict (torch tensors or numpy arrays) -> the module's parameters.
+
+    linen: returns the variables `{'params': ...}`. NNX (`flaxseq.nnx`): fills the module's
+    parameters in place and returns the module. Strict: every missing, unexpected, misshaped
+    and non-floating key is collected and raised at once in a `ValueError` naming each. The
+    arrays keep their dtype; float64 while JAX's x64 mode is off is an error.
+    """
+    if isinstance(module, nnx.Module):
+        return parity_nnx.from_state_dict(
+            module, state_dict,
+            problems_of=lambda expected, sd: check_state_dict({k: v.shape for k, v in expected.items()}, sd),
         )
+    expected = expected_params(module)
+    by_key = {}
+    for path, spec in expected.items():
+        key, transposed = torch_name(path)
+        by_key[key] = (path, transposed, tuple(spec.shape)[::-1] if transposed else tuple(spec.shape))
+    values, problems = check_state_dict({k: shape for k, (_, _, shape) in by_key.items()}, state_dict)
+    if problems:
+        raise ValueError(f"state_dict does not match {type(module).__name__}:\n  " + "\n  ".join(problems))
+    params = {}
+    for key, value in values.items():
+        path, transposed, _ = by_key[key]
+        params[path] = jnp.asarray(value.T if transposed else value)
     return {"params": unflatten_dict(params)}
 
 
-def from_torch(torch_module: torch.nn.Module) -> tuple[nn.Module, dict]:
-    """A PyTorch module -> `(flaxseq module, variables)` with the same configuration and weights."""
+def from_torch(torch_module: torch.nn.Module, api: str = "linen"):
+    """A PyTorch module -> its flaxseq twin with the same configuration and weights.
+
+    `api="linen"`: `(module, variables)`. `api="nnx"`: the `flaxseq.nnx` module, holding the
+    weights, in the torch module's mode (training or evaluation).
+    """
+    if api == "nnx":
+        return parity_nnx.from_torch(torch_module, from_state_dict)
+    if api != "linen":
+        raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
     flax_module = find_rule(torch_module).to_flax(torch_module)
     return flax_module, from_state_dict(flax_module, torch_module.state_dict())
 
 
-def to_torch(flax_module: nn.Module, variables: Mapping) -> torch.nn.Module:
-    """flaxseq module and variables -> the PyTorch module with the same configuration and weights."""
+def to_torch(flax_module, variables: Mapping | None = None) -> torch.nn.Module:
+    """flaxseq module and variables (linen), or an NNX module alone -> the PyTorch module with
+    the same configuration and weights (and, from NNX, mode)."""
+    if isinstance(flax_module, nnx.Module):
+        return parity_nnx.to_torch(flax_module)
     torch_module = find_rule(flax_module).to_torch(flax_module)
     state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(flax_module, variables).items()}
     dtypes = {v.dtype for v in state_dict.values()}

@@ -9,7 +9,9 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import flaxseq
+import flaxseq.nnx
 from parity.convert import copy_rule
+from parity.nnx import nnx_copy_rule
 
 _STACK = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
 LAYER_FIELDS = {
@@ -32,6 +34,10 @@ for _name in ("RNNCell", "LSTMCell", "GRUCell"):
         getattr(torch.nn, _name), getattr(flaxseq, _name), LAYER_FIELDS[_name],
         lambda m: (jnp.zeros((1, m.input_size), m.param_dtype),),
     )
+
+
+for _name, _fields in LAYER_FIELDS.items():
+    nnx_copy_rule(getattr(torch.nn, _name), getattr(flaxseq.nnx, _name), _fields)
 
 
 def torch_forward(module: torch.nn.Module, input, hx=None, lengths=None):
