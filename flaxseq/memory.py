@@ -1,26 +1,14 @@
 """Keep memory that a jitted call frees, for the next call (Linux with glibc).
 
-XLA:CPU allocates a compiled function's temporary buffer at every call and frees it at the end.
-glibc's malloc gives blocks that large back to the kernel at once (`munmap`: always for blocks
-over 64 MB requested from a thread other than the main one, which is where XLA runs), so the
-next call writes into fresh pages and the kernel faults each one in. At the classifier LSTM's
-training step that is 32,000 page faults and 76 ms of system time per step, a third of the
-step (`docs/performance.md`).
+XLA:CPU allocates a compiled function's temporary buffer at every call and frees it at the
+end; glibc hands blocks that large back to the kernel at once, so the next call faults fresh
+pages in. `keep_freed_memory()` sets malloc to keep freed memory in the process and hand it
+out again: one arena for all threads (`M_ARENA_MAX=1`), no blocks mapped on their own
+(`M_MMAP_MAX=0`), no trimming of the heap below 2 GB (`M_TRIM_THRESHOLD`, `M_TOP_PAD`).
 
-`keep_freed_memory()` sets malloc to keep freed memory in the process and hand it out again:
-one arena for all threads (`M_ARENA_MAX=1`), no blocks mapped on their own (`M_MMAP_MAX=0`),
-no trimming of the heap below 2 GB (`M_TRIM_THRESHOLD`, and `M_TOP_PAD` for temporaries larger
-than that: with only the threshold, a free heap top above 2 GB went back to the kernel whole
-and a 1,000-step sequence's 2.4 GB of temporaries were faulted in at every call).
-
-The cost: the process keeps its memory until it exits, and more than its peak: a small block
-that lands in a freed temporary splits it, and a later call takes a new one beside it, so the
-heap grows now and then by a temporary's size, to several times the largest temporary (measured:
-192 MB of temporaries, resident 0.9 to 1.8 GB after 20 calls in 8 runs; 490 MB, 2.3 GB after 8
-calls and no growth in the next 112; 1.2 GB, 4.0 GB after 9 calls). The heap grows in steps of
-at least 2 GB of address space (untouched pages cost no memory, but count where overcommit is
-strict). It applies to the whole process (PyTorch's allocations too) and works best called
-before JAX first runs, while XLA's threads have not yet made their own arenas.
+The cost: the process keeps its memory until it exits, and the heap can grow to several times
+the largest temporary. It applies to the whole process (PyTorch's allocations too) and works
+best called before JAX first runs. Measurements: `docs/performance.md`, findings 14 and 21.
 
     import flaxseq.memory
     flaxseq.memory.keep_freed_memory()  # first thing in a training script
