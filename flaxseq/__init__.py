@@ -20,3 +20,7 @@ try:
     __version__ = _metadata.version("flaxseq")
 except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
+
+from flaxseq.tasks.saved import load_run  # noqa: E402  (after __version__: the run folder records it)
+
+__all__ += ["load_run"]
