@@ -42,7 +42,7 @@ HELP = {
     "seed": "seed of splits, initialisation, shuffling and dropout",
     "resume": "continue the run in --out from its last checkpoint",
     "overwrite": "start afresh in --out even if it holds a run",
-    "progress": "show a progress bar",
+    "progress": "show progress: a bar on a terminal or notebook, one line per epoch in a file or pipe",
     "data": "a folder of <class>/<file>.txt or a TSV/CSV of text and label (default: BBC News)",
     "max_length": "tokens kept per example (longer ones are truncated)",
     "min_freq": "words seen fewer times in training become <unk>",
