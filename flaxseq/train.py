@@ -9,8 +9,11 @@ compile once per rounded length instead (sort the batches by length: `BatchItera
 
 The steps run data-parallel over all JAX devices: the batch axis is sharded over a one-axis
 mesh and the parameters are replicated; XLA inserts the gradient all-reduce. On one device this
-is plain `jit`. On a multi-GPU or TPU host nothing changes; on several hosts, call
-`jax.distributed.initialize()` first and feed each host its share of the batch.
+is plain `jit`. On a multi-GPU or TPU host nothing changes. On several processes (hosts), call
+`jax.distributed.initialize()` first: the mesh then spans every process's devices, each
+process holds only its own, and `Trainer.put` builds the global batch from each process's
+rows (`jax.make_array_from_process_local_data`); every process runs the same steps on the same
+global batches, and `fit` writes its checkpoint from process 0 alone.
 """
 
 import math
@@ -74,11 +77,14 @@ class Trainer:
     Args:
       loss_fn: `(params, batch, dropout_key or None) -> (loss, sums)`.
       tx: the optax optimizer.
-      batch_size: examples per step; a multiple of the number of devices.
-      devices: the devices to run on (default: all).
+      batch_size: examples per step (the global batch, over all processes); a multiple of the
+        number of devices.
+      devices: the devices to run on (default: all, of every process).
       trim_time: names of `[batch, time]` token arrays whose padding columns each batch drops
         (`trim_time`), for a loss that masks padding; their length is rounded up to a multiple
         of `time_multiple`, which bounds the number of compilations.
+
+    `rows` is the slice of a global batch that this process's devices hold.
     """
 
     def __init__(
@@ -92,11 +98,16 @@ class Trainer:
         if batch_size % len(devices):
             raise ValueError(f"batch_size must be a multiple of the {len(devices)} devices, got {batch_size}")
         self.loss_fn, self.tx, self.batch_size = loss_fn, tx, batch_size
+        devices.sort(key=lambda d: d.process_index)  # each process's rows of a batch are contiguous
         self.mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.sharded = NamedSharding(self.mesh, PartitionSpec("batch"))
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
-        self.eval_step = jax.jit(self._eval_step)
+        mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+        rows = batch_size // len(devices)
+        self.rows = slice(mine[0] * rows, (mine[-1] + 1) * rows) if mine else slice(0, 0)
+        # Replicated results: every process holds the new state, the loss and the sums.
+        self.train_step = jax.jit(self._train_step, donate_argnums=0, out_shardings=self.replicated)
+        self.eval_step = jax.jit(self._eval_step, out_shardings=self.replicated)
 
     def _train_step(self, state: TrainState, batch: dict, key: jax.Array):
         (loss, sums), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, batch, key)
@@ -114,10 +125,12 @@ class Trainer:
 
     def put(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Trim the batch's padding columns (`trim_time`), pad it to `batch_size` rows and shard it
-        over the devices."""
+        over the devices. `arrays` is the whole global batch, the same on every process; each
+        process passes on its own rows (`rows`) of it."""
         if self.trim:
             arrays = trim_time(arrays, self.trim, self.time_multiple)
-        return jax.device_put(pad_batch(arrays, self.batch_size), self.sharded)
+        return {k: jax.make_array_from_process_local_data(self.sharded, v[self.rows], v.shape)
+                for k, v in pad_batch(arrays, self.batch_size).items()}
 
     def evaluate(self, params, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
         """Sums of the eval step over `batches`, as `loss` and `accuracy`."""
@@ -199,7 +212,8 @@ def fit(
       batches: a `flaxseq.data.BatchIterator` yielding arrays named by `fields`.
       validate: `params -> metrics` on the validation split, once per epoch.
       score: the validation metric to maximise when keeping the best parameters.
-      checkpoint_dir: where a checkpoint is saved after every epoch (None: nowhere).
+      checkpoint_dir: where a checkpoint is saved after every epoch (None: nowhere), by process
+        0 alone; with `resume`, every process reads it.
       config: the run's configuration, saved with the checkpoint and checked on resume.
       resume: continue from the checkpoint in `checkpoint_dir`. The result equals an
         uninterrupted run's: the data order, dropout keys and optimizer state all continue.
@@ -233,7 +247,7 @@ def fit(
             f"  valid {score} {valid_metrics[score]:.4f}  ({record['seconds']:.1f} s,"
             f" {record['train_examples_per_second']:.0f} examples/s)"
         )
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and jax.process_index() == 0:
             meta = {"config": config or {}, "history": history, "best_score": best_score,
                     "batches": batches.state(), "seed": seed}
             save_checkpoint(checkpoint_dir, {"state": state, "best_params": best_params}, meta)
