@@ -3,6 +3,8 @@
     flaxseq train classify [--epochs 12 --out runs/classify ...]
     flaxseq train tag      [--train dev.conllu --test test.conllu ...]
     flaxseq train seq2seq  [...]
+    flaxseq train classify --coordinator-address HOST:PORT --num-processes N --process-id I
+                                    # one of N processes (hosts); process 0 writes --out
     flaxseq evaluate RUN            # the saved run's test metrics again
     flaxseq predict RUN TEXT...     # label, tags or phonemes for each text
     flaxseq predict RUN --file F    # ... for each line of F (`--file -`: standard input)
@@ -43,6 +45,10 @@ HELP = {
     "resume": "continue the run in --out from its last checkpoint",
     "overwrite": "start afresh in --out even if it holds a run",
     "progress": "show progress: a bar on a terminal or notebook, one line per epoch in a file or pipe",
+    "coordinator_address": "HOST:PORT of process 0, for a run over several processes (jax.distributed; "
+                           "with --num-processes and --process-id)",
+    "num_processes": "processes (hosts) of the run; each reads the same data, process 0 writes --out",
+    "process_id": "this process's number, 0 to --num-processes - 1",
     "data": "a folder of <class>/<file>.txt or a TSV/CSV of text and label (default: BBC News)",
     "max_length": "tokens kept per example (longer ones are truncated)",
     "min_freq": "words seen fewer times in training become <unk>",
@@ -181,8 +187,10 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         config_type, train = _tasks()[args.task]
         config = config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})
-        metrics = train(config)
-        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
+        from flaxseq.tasks import hosts
+
+        metrics = train(config, log=hosts.log)
+        hosts.log(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
         return 0
     from flaxseq.tasks import saved
 

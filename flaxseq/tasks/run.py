@@ -1,8 +1,10 @@
 """What every task's training run shares: the options, the run's start, metrics.json, curves.png.
 
 A task's `train(config)` calls `start`: every option is checked (`RunConfig.check`, a usage
-error naming the option), data paths are resolved, `--out` is claimed (`folder.claim`), the
-data is read, and only then is anything written (`folder.begin`).
+error naming the option), the run's processes join (`hosts.connect`, with
+`--coordinator-address`), the batch size is checked against the devices, data paths are
+resolved, `--out` is claimed (`folder.claim`), the data is read, and only then is anything
+written (`folder.begin`, by process 0 alone).
 """
 
 import dataclasses
@@ -16,7 +18,7 @@ import numpy as np
 
 from flaxseq.data import BatchIterator
 from flaxseq.optim import adam_with_clipping
-from flaxseq.tasks import folder, options
+from flaxseq.tasks import folder, hosts, options
 from flaxseq.tasks.folder import CHECKPOINT_DIR
 from flaxseq.train import FitResult, Trainer, fit
 
@@ -36,13 +38,18 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    coordinator_address: str | None = None  # the run's processes (hosts): all three or none
+    num_processes: int | None = None
+    process_id: int | None = None
 
     task: typing.ClassVar[str] = ""
 
     def check(self) -> None:
         """Raise `OptionError` for an option that cannot train: epochs and batch size at least 1,
-        learning rate and `max_norm` finite and greater than 0, seed at least 0, a batch size
-        that the devices divide, `--resume` without `--overwrite`. Tasks add their own rules."""
+        learning rate and `max_norm` finite and greater than 0, seed at least 0, `--resume`
+        without `--overwrite`, the processes' options all or none (`hosts.check`). Tasks add
+        their own rules. The devices are counted later, once the processes have joined
+        (`check_devices`)."""
         options.excludes(self, "resume", "overwrite")
         options.at_least(self, 1, "epochs", "batch_size")
         options.at_least(self, 0, "seed")
@@ -50,6 +57,10 @@ class RunConfig:
         options.one_of(self, "clip", ("optax", "torch"))
         if not self.out:
             raise options.OptionError("--out", "expected a folder, got ''")
+        hosts.check(self)
+
+    def check_devices(self) -> None:
+        """The batch size must be a multiple of the devices of all the run's processes."""
         devices = jax.device_count()
         if self.batch_size % devices:
             raise options.OptionError("--batch-size", f"must be a multiple of the {devices} devices, "
@@ -63,28 +74,43 @@ class RunConfig:
 
 def model_config(config) -> dict:
     """The fields that define the model and data (a resumed run must match them)."""
-    skip = {"out", "resume", "overwrite", "progress"}
+    skip = {"out", "resume", "overwrite", "progress", *hosts.NAMES}
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
 def start(config: RunConfig, prepare, task_files: tuple[str, ...], save_vocabularies):
-    """Check the options, claim `--out`, read the data (`prepare(config)`, whose result has
-    `fingerprints`), then begin the run folder and, for a fresh run, `save_vocabularies(prepared,
-    out)`. Returns `(config, out, prepared)`; nothing is written before the data is read."""
+    """Check the options, join the run's processes, claim `--out`, read the data
+    (`prepare(config)`, whose result has `fingerprints`), then begin the run folder and, for a
+    fresh run, `save_vocabularies(prepared, out)`. Returns `(config, out, prepared)`; nothing is
+    written before the data is read. Every process reads; process 0 alone writes, once every
+    process has claimed `--out` and read the same data (else every process stops)."""
     config.check()
-    config = config.resolved()
-    out = folder.claim(config, model_config(config))
-    prepared = prepare(config)
-    if folder.begin(out, config, task_files, prepared.fingerprints):
-        save_vocabularies(prepared, out)
+    hosts.connect(config)
+    config.check_devices()
+
+    def read():
+        resolved = config.resolved()
+        return resolved, folder.claim(resolved, model_config(resolved)), prepare(resolved)
+
+    config, out, prepared = hosts.together(read, "reading the data or checking --out")
+    hashes = {name: found["sha256"] for name, found in (prepared.fingerprints or {}).items()}  # not the paths
+    if not hosts.agreed(json.dumps(hashes, sort_keys=True)):
+        raise ValueError("the run's processes read different data; every process must read the same files")
+
+    def begin():
+        if hosts.main() and folder.begin(out, config, task_files, prepared.fingerprints):
+            save_vocabularies(prepared, out)
+
+    hosts.together(begin, "writing the run folder")
     return config, out, prepared
 
 
 def write_metrics(out: pathlib.Path, metrics: dict, history: list, started: float) -> dict:
-    """metrics.json (final metrics, wall time, per-epoch history) and curves.png."""
+    """metrics.json (final metrics, wall time, per-epoch history) and curves.png (process 0 writes them)."""
     metrics = {**metrics, "wall_seconds": time.perf_counter() - started, "history": history}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    plot_curves(history, out / "curves.png")
+    if hosts.main():
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        plot_curves(history, out / "curves.png")
     return metrics
 
 
@@ -150,6 +176,6 @@ def train_model(
     result = fit(
         trainer, trainer.init_state(params), batches, fields, epochs=config.epochs, seed=config.seed,
         validate=lambda p: validate(trainer, p), score=score, checkpoint_dir=out / CHECKPOINT_DIR,
-        config=model_config(config), resume=config.resume, progress=config.progress, log=log,
+        config=model_config(config), resume=config.resume, progress=config.progress and hosts.main(), log=log,
     )
     return result, trainer
