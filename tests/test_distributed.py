@@ -46,12 +46,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def env(devices: int, cache: pathlib.Path) -> dict:
-    """One process's environment: `devices` CPU devices, compiled programs kept in `cache` (the
-    resumed processes compile nothing)."""
+def env(devices: int) -> dict:
+    """One process's environment: `devices` CPU devices."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 class Ran(typing.NamedTuple):
@@ -88,10 +86,10 @@ def run_together(commands: list[tuple[list[str], dict, int]], cwd: pathlib.Path,
     return results
 
 
-def two_processes(args: list[str], cache, script=None, expected=0) -> list[tuple[list[str], dict, int]]:
+def two_processes(args: list[str], script=None, expected=0) -> list[tuple[list[str], dict, int]]:
     start = [sys.executable, "-c", script] if script else [sys.executable, "-m", "flaxseq"]
     where = ["--coordinator-address", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
-    return [([*start, *args, *where, "--process-id", str(i)], env(1, cache), expected) for i in (0, 1)]
+    return [([*start, *args, *where, "--process-id", str(i)], env(1), expected) for i in (0, 1)]
 
 
 @pytest.fixture
@@ -112,14 +110,13 @@ def test_two_processes_train_the_run_of_one_process_with_two_devices(table, tmp_
         return ["train", "classify", "--data", str(table), "--out", str(tmp_path / out), *TINY]
 
     # One process with two devices, beside two processes with one device each, stopped after epoch 1.
-    cache = tmp_path / "jax-cache"
-    one, *two = run_together([([sys.executable, "-m", "flaxseq", *args("one")], env(2, cache), 0),
-                              *two_processes(args("two"), cache, STOP_AT_EPOCH_TWO, 75)], tmp_path, "first")
+    one, *two = run_together([([sys.executable, "-m", "flaxseq", *args("one")], env(2), 0),
+                              *two_processes(args("two"), STOP_AT_EPOCH_TWO, 75)], tmp_path, "first")
     assert one.returncode == 0, one.stderr[-3000:]
     assert [p.returncode for p in two] == [75, 75], two[0].stderr[-3000:] + two[1].stderr[-3000:]
     assert not (tmp_path / "two" / "metrics.json").exists()
     # Both processes resume from process 0's checkpoint (else their steps would not meet).
-    two = run_together(two_processes([*args("two"), "--resume"], cache), tmp_path, "resumed")
+    two = run_together(two_processes([*args("two"), "--resume"]), tmp_path, "resumed")
     assert [p.returncode for p in two] == [0, 0], two[0].stderr[-3000:] + two[1].stderr[-3000:]
     assert "resumed from" in two[0].stdout and "epoch 2/2" in two[0].stdout
     assert [line for line in two[1].stdout.splitlines() if not line.startswith("[Gloo]")] == []  # 0 alone logs
@@ -133,6 +130,23 @@ def test_two_processes_train_the_run_of_one_process_with_two_devices(table, tmp_
     assert parts["test_accuracy"] == whole["test_accuracy"]
     np.testing.assert_allclose(parts["test_loss"], whole["test_loss"], rtol=1e-5)
     assert json.loads(two[0].stdout[two[0].stdout.index("{"):])["test_accuracy"] == whole["test_accuracy"]
+
+
+
+def test_one_process_refusing_its_out_stops_both_and_nothing_is_written(table, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a run")
+    zero, one = two_processes(["train", "classify", "--data", str(table), *TINY], expected=1)
+    zero[0].extend(["--out", str(tmp_path / "run")])
+    one[0].extend(["--out", str(other)])
+    zero, one = run_together([zero, one], tmp_path, "refused")
+    assert (zero.returncode, one.returncode) == (1, 1), zero.stderr[-3000:] + one.stderr[-3000:]
+    assert one.stderr.splitlines()[-1] == (f"flaxseq: error: --out {other} is not empty and holds no flaxseq run "
+                                           "(notes.txt); choose a new or empty folder")
+    assert zero.stderr.splitlines()[-1] == ("flaxseq: error: RuntimeError: another process of the run stopped while "
+                                            "reading the data or checking --out; its error says why")
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
 
 PARTIAL = [

@@ -85,5 +85,5 @@ def together(step, what: str):
         agreed("refused")
         raise
     if not agreed("done"):
-        raise RuntimeError(f"another process of the run stopped in {what}; its error says why")
+        raise RuntimeError(f"another process of the run stopped while {what}; its error says why")
     return result
