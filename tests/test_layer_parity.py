@@ -26,7 +26,16 @@ def test_cell(case):
     check(case)
 
 
-@pytest.mark.parametrize("case", representative_cases(), ids=lambda c: f"{c.label()} {c.dtype}")
+def _report_params():
+    """The report's cases; its NNX rows are in the slow set (the covering cases and cell grid
+    already run both front ends by default, and `python -m parity` runs them all)."""
+    return [
+        pytest.param(c, marks=[pytest.mark.slow] if c.api == "nnx" else [], id=f"{c.label()} {c.dtype}")
+        for c in representative_cases()
+    ]
+
+
+@pytest.mark.parametrize("case", _report_params())
 def test_report_cases(case):
     check(case)
 
