@@ -24,6 +24,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import parity.nnx as parity_nnx
+from parity import rules
 
 # Flax leaf name -> (PyTorch leaf name, whether the array is transposed between the two).
 LEAF_RULES = {"kernel": ("weight", True), "embedding": ("weight", False)}
@@ -91,15 +92,7 @@ def copy_rule(
 
 def find_rule(module) -> Rule:
     """The rule whose torch or flax class is `type(module)` (or its nearest base class)."""
-    for cls in type(module).__mro__:
-        for rule in _RULES:
-            if cls in (rule.torch_type, rule.flax_type):
-                return rule
-    known = ", ".join(sorted(r.torch_type.__name__ for r in _RULES))
-    raise TypeError(
-        f"no conversion rule for {type(module).__module__}.{type(module).__name__}; "
-        f"register one with parity.register (known: {known})"
-    )
+    return rules.find(_RULES, module, lambda r: (r.torch_type, r.flax_type), "parity.register")
 
 
 def torch_dtype(dtype) -> torch.dtype:

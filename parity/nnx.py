@@ -18,6 +18,8 @@ import torch
 from flax import nnx
 from flax.traverse_util import flatten_dict
 
+from parity import rules
+
 
 @dataclass(frozen=True)
 class NNXRule:
@@ -63,15 +65,7 @@ def nnx_copy_rule(torch_type: type, nnx_type: type, fields: Mapping[str, Callabl
 
 def find_nnx_rule(module) -> NNXRule:
     """The rule whose torch or NNX class is `type(module)` (or its nearest base class)."""
-    for cls in type(module).__mro__:
-        for rule in _RULES:
-            if cls in (rule.torch_type, rule.nnx_type):
-                return rule
-    known = ", ".join(sorted(r.torch_type.__name__ for r in _RULES))
-    raise TypeError(
-        f"no NNX conversion rule for {type(module).__module__}.{type(module).__name__}; "
-        f"register one with parity.nnx.register_nnx (known: {known})"
-    )
+    return rules.find(_RULES, module, lambda r: (r.torch_type, r.nnx_type), "parity.nnx.register_nnx")
 
 
 def _torch_param_dtype(module: torch.nn.Module) -> np.dtype:
