@@ -36,8 +36,11 @@ class Linear(nn.Module):
         kernel = self.param("kernel", init, (fan_in, self.features), self.param_dtype)
         bias = self.param("bias", init, (self.features,), self.param_dtype) if self.use_bias else None
         dtype = self.dtype or jnp.result_type(x, kernel)
-        y = jnp.asarray(x, dtype) @ jnp.asarray(kernel, dtype)
-        return y if bias is None else y + jnp.asarray(bias, dtype)
+        # one 2-D product whatever the rank, then the leading axes back
+        y = jnp.asarray(x, dtype).reshape(-1, fan_in) @ jnp.asarray(kernel, dtype)
+        if bias is not None:
+            y = y + jnp.asarray(bias, dtype)
+        return y.reshape(*x.shape[:-1], self.features)
 
 
 class Embedding(nn.Module):
