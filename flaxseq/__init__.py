@@ -11,11 +11,13 @@ from flaxseq.layers import GRU, LSTM, RNN, RNNBase
 from flaxseq.manual_rnn import ManualRNN, ManualRNNCell
 from flaxseq.seq2seq import Decoder, Encoder, Seq2Seq
 from flaxseq.tagger import GRUTagger
+from flaxseq.torch_file import load_torch_state_dict
 
 __all__ = ["CellKind", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNBase", "RNNCell", "RNNCellBase"]
 __all__ += ["StepGradient", "kinds"]
 __all__ += ["BiLSTM", "GRUTagger", "LSTMClassifier", "ManualRNN", "ManualRNNCell", "PackedLSTM", "TextClassifier"]
 __all__ += ["Attention", "AttnDecoder", "Decoder", "Encoder", "Seq2Seq", "Seq2SeqAttention"]
+__all__ += ["load_torch_state_dict"]
 try:
     __version__ = _metadata.version("flaxseq")
 except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
