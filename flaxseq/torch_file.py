@@ -186,21 +186,22 @@ class _Unpickler(pickle.Unpickler):
             raise ValueError(
                 f"{self.path}: storage {storage.key} has {len(storage.data)} bytes, not a whole number of {dtype}"
             )
-        flat = np.frombuffer(storage.data, dtype=dtype)  # read-only, over the archive's bytes
+        data, count = storage.data, len(storage.data) // dtype.itemsize
         if self.swap:  # complex numbers swap each of their two parts
             unit = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
-            flat = flat.view(f"u{unit}").byteswap().view(dtype) if unit > 1 else flat
+            data = np.frombuffer(data, f"u{unit}").byteswap().tobytes() if unit > 1 else data
         if math.prod(size) == 0:
             return np.zeros(size, dtype)
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-        if last >= flat.size:
+        if last >= count:
             raise ValueError(
                 f"{self.path}: a tensor of storage {storage.key} reaches element {last}, past the storage's "
-                f"{flat.size} elements (offset {offset}, size {size}, stride {stride})"
+                f"{count} elements (offset {offset}, size {size}, stride {stride})"
             )
-        view = np.lib.stride_tricks.as_strided(
-            flat[offset:], shape=size, strides=tuple(s * dtype.itemsize for s in stride), writeable=False
-        )
+        # as_strided over the storage's bytes (numpy checks the bounds again); not np.lib's as_strided,
+        # which goes through __array_interface__ and does not know ml_dtypes' float8_e5m2
+        view = np.ndarray(size, dtype, buffer=data, offset=offset * dtype.itemsize,
+                          strides=tuple(s * dtype.itemsize for s in stride))
         return view.copy()  # C-contiguous, owning its memory
 
 
