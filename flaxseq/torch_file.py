@@ -11,7 +11,7 @@ The pickle inside is read by an unpickler that knows only what a state_dict is m
 dtypes) and refuses any other global, naming it: nothing in the file is ever executed. A whole
 pickled model (`torch.save(model)`), a TorchScript archive, the legacy format of torch < 1.6
 (`_use_new_zipfile_serialization=False`), values that are not tensors and files that are not
-torch files are refused with a `ValueError` naming the file; a missing file raises
+torch files are refused with a `TorchFileError` (a `ValueError`) naming the file; a missing file raises
 `FileNotFoundError`.
 
     state = load_torch_state_dict("lstm.pt")   # {'weight_ih_l0': array([...], dtype=float32), ...}
@@ -46,6 +46,10 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first object of a torch < 1.6 file
 RESAVE = "torch.save(model.state_dict(), path)"
 
 
+class TorchFileError(ValueError):
+    """A file that `load_torch_state_dict` refuses: not a torch state_dict, or damaged."""
+
+
 def load_torch_state_dict(path) -> dict[str, np.ndarray]:
     """The state_dict that `torch.save` wrote to `path` (str or os.PathLike), as a dict of names to
     numpy arrays with the tensors' shapes and dtypes (bfloat16 as `ml_dtypes.bfloat16`), read
@@ -56,19 +60,19 @@ def load_torch_state_dict(path) -> dict[str, np.ndarray]:
         head = file.read(4)
     if not zipfile.is_zipfile(path):
         if head[:1] == b"\x80" and _first_object(path) == LEGACY_MAGIC:
-            raise ValueError(
+            raise TorchFileError(
                 f"{path} is in torch's legacy format (torch < 1.6, or saved with "
                 "_use_new_zipfile_serialization=False), which flaxseq does not read: load it with torch "
                 "and save it again in the default format, torch.save(torch.load(path), new_path)"
             )
-        raise ValueError(f"{path} is not a file written by torch.save: it is not a zip archive of torch >= 1.6")
+        raise TorchFileError(f"{path} is not a file written by torch.save: it is not a zip archive of torch >= 1.6")
     try:
         with zipfile.ZipFile(path) as archive:
             state = _read_archive(path, archive)
-    except ValueError:
+    except TorchFileError:
         raise
     except Exception as error:  # a damaged archive or pickle: zipfile's, pickle's or numpy's own error
-        raise ValueError(f"{path} is a damaged torch file: {type(error).__name__}: {error}") from None
+        raise TorchFileError(f"{path} is a damaged torch file: {type(error).__name__}: {error}") from None
     return _check_state(path, state)
 
 
@@ -76,26 +80,28 @@ def _read_archive(path: str, archive: zipfile.ZipFile):
     names = archive.namelist()
     pickles = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
     if not pickles:
-        raise ValueError(f"{path} is a zip archive but not a file written by torch.save: it has no <folder>/data.pkl")
+        raise TorchFileError(
+            f"{path} is a zip archive but not a file written by torch.save: it has no <folder>/data.pkl"
+        )
     prefix = pickles[0][: -len("data.pkl")]  # the archive's folder: the file's name when saved
     if prefix + "constants.pkl" in names:
-        raise ValueError(
+        raise TorchFileError(
             f"{path} is a TorchScript module (torch.jit.save), not a state_dict: save its weights with {RESAVE}"
         )
     order = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
     if order not in ("little", "big"):
-        raise ValueError(f"{path}: its byteorder entry must be 'little' or 'big', got {order!r}")
+        raise TorchFileError(f"{path}: its byteorder entry must be 'little' or 'big', got {order!r}")
     with archive.open(prefix + "data.pkl") as file:
         return _Unpickler(file, path, archive, prefix, swap=order != sys.byteorder).load()
 
 
 def _check_state(path: str, state) -> dict[str, np.ndarray]:
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict (a dict of names to tensors)")
+        raise TorchFileError(f"{path} holds a {type(state).__name__}, not a state_dict (a dict of names to tensors)")
     bad = [f"{k!r} ({type(v).__name__})" for k, v in state.items()
            if not (isinstance(k, str) and type(v) is np.ndarray)]
     if bad:
-        raise ValueError(
+        raise TorchFileError(
             f"{path} is not a plain state_dict: a state_dict maps names to tensors, and these entries are not "
             f"tensors: {', '.join(bad)}; save the model's state_dict alone with {RESAVE}"
         )
@@ -140,50 +146,50 @@ class _Unpickler(pickle.Unpickler):
         if module == "torch.storage" and name == "UntypedStorage":
             return _Storage(None)
         if module.startswith(("torch.nn.", "__torch__")):
-            raise ValueError(
+            raise TorchFileError(
                 f"{self.path} holds a whole pickled model (it refers to {module}.{name}), not a state_dict: "
                 f"save its weights with {RESAVE}"
             )
-        raise ValueError(
+        raise TorchFileError(
             f"{self.path}: refused the global {module}.{name}: flaxseq reads only a state_dict (names to "
             f"tensors) and runs nothing from the file; if it holds a whole model, save its weights with {RESAVE}"
         )
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _Storage)):
-            raise ValueError(f"{self.path}: refused the persistent id {pid!r}: only torch storages are read")
+            raise TorchFileError(f"{self.path}: refused the persistent id {pid!r}: only torch storages are read")
         key = str(pid[2])
         if key not in self.buffers:
             name = f"{self.prefix}data/{key}"
             try:
                 data = self.archive.read(name)
             except KeyError:
-                raise ValueError(f"{self.path} is damaged: it has no entry {name} for storage {key}") from None
+                raise TorchFileError(f"{self.path} is damaged: it has no entry {name} for storage {key}") from None
             self.buffers[key] = _Buffer(key, data, pid[1].dtype)
         return self.buffers[key]
 
     def rebuild_tensor_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):
         if not isinstance(dtype, _Storage) or dtype.dtype is None:
-            raise ValueError(f"{self.path}: _rebuild_tensor_v3 needs a torch dtype, got {dtype!r}")
+            raise TorchFileError(f"{self.path}: _rebuild_tensor_v3 needs a torch dtype, got {dtype!r}")
         return self.view(storage, offset, size, stride, dtype.dtype)
 
     def rebuild_tensor(self, storage, offset, size, stride, requires_grad, hooks, metadata=None):
         if not isinstance(storage, _Buffer) or storage.dtype is None:
-            raise ValueError(f"{self.path}: _rebuild_tensor_v2 needs a typed torch storage, got {storage!r}")
+            raise TorchFileError(f"{self.path}: _rebuild_tensor_v2 needs a typed torch storage, got {storage!r}")
         return self.view(storage, offset, size, stride, storage.dtype)
 
     def view(self, storage, offset, size, stride, dtype) -> np.ndarray:
         """The tensor at element `offset` of `storage` with `size` and element `stride`, copied."""
         if not isinstance(storage, _Buffer):
-            raise ValueError(f"{self.path}: a tensor's storage must be a torch storage, got {storage!r}")
+            raise TorchFileError(f"{self.path}: a tensor's storage must be a torch storage, got {storage!r}")
         ints = lambda xs: isinstance(xs, tuple) and all(type(x) is int and x >= 0 for x in xs)
         if type(offset) is not int or offset < 0 or not ints(size) or not ints(stride) or len(size) != len(stride):
-            raise ValueError(
+            raise TorchFileError(
                 f"{self.path}: a tensor of storage {storage.key} has an invalid view: offset {offset!r}, "
                 f"size {size!r}, stride {stride!r}"
             )
         if len(storage.data) % dtype.itemsize:
-            raise ValueError(
+            raise TorchFileError(
                 f"{self.path}: storage {storage.key} has {len(storage.data)} bytes, not a whole number of {dtype}"
             )
         data, count = storage.data, len(storage.data) // dtype.itemsize
@@ -194,7 +200,7 @@ class _Unpickler(pickle.Unpickler):
             return np.zeros(size, dtype)
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= count:
-            raise ValueError(
+            raise TorchFileError(
                 f"{self.path}: a tensor of storage {storage.key} reaches element {last}, past the storage's "
                 f"{count} elements (offset {offset}, size {size}, stride {stride})"
             )
@@ -202,6 +208,8 @@ class _Unpickler(pickle.Unpickler):
         # which goes through __array_interface__ and does not know ml_dtypes' float8_e5m2
         view = np.ndarray(size, dtype, buffer=data, offset=offset * dtype.itemsize,
                           strides=tuple(s * dtype.itemsize for s in stride))
+        if dtype == np.bool_:  # torch writes 0 and 1; any other byte is true, as in torch
+            return view.view(np.uint8) != 0
         return view.copy()  # C-contiguous, owning its memory
 
 

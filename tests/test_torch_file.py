@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from flaxseq import load_torch_state_dict
-from flaxseq.torch_file import DTYPES
+from flaxseq.torch_file import DTYPES, TorchFileError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOW_PRECISION = (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz)
@@ -188,6 +188,13 @@ def test_a_view_outside_its_storage_is_refused(tmp_path, offset, size, stride, m
         load_torch_state_dict(path)
 
 
+def test_bool_bytes_other_than_0_and_1_read_as_true(tmp_path):
+    path = craft(tmp_path / "bool.pt", {"b": Tensor(Stored("0", torch.BoolStorage, 3), 0, (3,), (1,))},
+                 {"0": bytes([0, 1, 2])})
+    got = load_torch_state_dict(path)["b"]
+    assert got.dtype == np.bool_ and got.view(np.uint8).tolist() == [0, 1, 1]
+
+
 def test_a_missing_storage_entry_is_refused(tmp_path):
     path = craft(tmp_path / "no_data.pt", {"w": Tensor(Stored("7", torch.FloatStorage, 1), 0, (1,), (1,))})
     with pytest.raises(ValueError, match=r"no_data\.pt is damaged: it has no entry archive/data/7 for storage 7"):
@@ -256,8 +263,9 @@ def test_files_that_are_not_torch_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"other\.zip is a zip archive but not a file written by torch\.save: "
                                          r"it has no <folder>/data\.pkl"):
         load_torch_state_dict(tmp_path / "other.zip")
-    craft(tmp_path / "garbled.pt", None, raw=b"\x80\x02}q\x00(X\x01")
-    with pytest.raises(ValueError, match=r"garbled\.pt is a damaged torch file: "):
-        load_torch_state_dict(tmp_path / "garbled.pt")
+    for name, raw in [("garbled.pt", b"\x80\x02}q\x00(X\x01"), ("protocol.pt", b"\x80\x09}.")]:
+        craft(tmp_path / name, None, raw=raw)
+        with pytest.raises(TorchFileError, match=rf"{name} is a damaged torch file: "):
+            load_torch_state_dict(tmp_path / name)
     with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         load_torch_state_dict(tmp_path / "missing.pt")
