@@ -11,8 +11,8 @@ The pickle inside is read by an unpickler that knows only what a state_dict is m
 dtypes) and refuses any other global, naming it: nothing in the file is ever executed. A whole
 pickled model (`torch.save(model)`), a TorchScript archive, the legacy format of torch < 1.6
 (`_use_new_zipfile_serialization=False`), values that are not tensors and files that are not
-torch files are refused with a `TorchFileError` (a `ValueError`) naming the file; a missing file raises
-`FileNotFoundError`.
+torch files are refused with a `TorchFileError` (a `ValueError`) naming the file; a missing
+file raises `FileNotFoundError`.
 
     state = load_torch_state_dict("lstm.pt")   # {'weight_ih_l0': array([...], dtype=float32), ...}
 """
@@ -96,14 +96,15 @@ def _read_archive(path: str, archive: zipfile.ZipFile):
 
 
 def _check_state(path: str, state) -> dict[str, np.ndarray]:
+    kind = lambda x: "tensor" if type(x) is np.ndarray else type(x).__name__
     if not isinstance(state, dict):
-        raise TorchFileError(f"{path} holds a {type(state).__name__}, not a state_dict (a dict of names to tensors)")
-    bad = [f"{k!r} ({type(v).__name__})" for k, v in state.items()
-           if not (isinstance(k, str) and type(v) is np.ndarray)]
+        raise TorchFileError(f"{path} holds a {kind(state)}, not a state_dict (a dict of names to tensors)")
+    bad = [f"{k!r} ({kind(v)})" if isinstance(k, str) else f"{k!r} (a name of type {type(k).__name__})"
+           for k, v in state.items() if not (isinstance(k, str) and type(v) is np.ndarray)]
     if bad:
         raise TorchFileError(
-            f"{path} is not a plain state_dict: a state_dict maps names to tensors, and these entries are not "
-            f"tensors: {', '.join(bad)}; save the model's state_dict alone with {RESAVE}"
+            f"{path} is not a plain state_dict: a state_dict maps string names to tensors, and these entries "
+            f"do not: {', '.join(bad)}; save the model's state_dict alone with {RESAVE}"
         )
     return dict(state)  # a plain dict: OrderedDict's `_metadata` is left behind
 
@@ -208,7 +209,7 @@ class _Unpickler(pickle.Unpickler):
         # which goes through __array_interface__ and does not know ml_dtypes' float8_e5m2
         view = np.ndarray(size, dtype, buffer=data, offset=offset * dtype.itemsize,
                           strides=tuple(s * dtype.itemsize for s in stride))
-        if dtype == np.bool_:  # torch writes 0 and 1; any other byte is true, as in torch
+        if dtype == np.bool_:  # torch writes 0 and 1; any other byte reads as true
             return view.view(np.uint8) != 0
         return view.copy()  # C-contiguous, owning its memory
 

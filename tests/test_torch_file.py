@@ -246,12 +246,18 @@ def test_a_torchscript_archive_is_refused(tmp_path):
 
 def test_entries_that_are_not_tensors_are_refused_all_named(tmp_path):
     torch.save({"model": {"w": torch.ones(1)}, "epoch": 3, "w": torch.ones(1)}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match=r"checkpoint\.pt is not a plain state_dict: .* these entries are not "
-                                         r"tensors: 'model' \(dict\), 'epoch' \(int\); save"):
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is not a plain state_dict: .* these entries do "
+                                         r"not: 'model' \(dict\), 'epoch' \(int\); save"):
         load_torch_state_dict(tmp_path / "checkpoint.pt")
     torch.save([torch.ones(1)], tmp_path / "list.pt")
     with pytest.raises(ValueError, match=r"list\.pt holds a list, not a state_dict"):
         load_torch_state_dict(tmp_path / "list.pt")
+    torch.save(torch.ones(2), tmp_path / "tensor.pt")
+    with pytest.raises(ValueError, match=r"tensor\.pt holds a tensor, not a state_dict"):
+        load_torch_state_dict(tmp_path / "tensor.pt")
+    torch.save({1: torch.ones(2)}, tmp_path / "int_key.pt")
+    with pytest.raises(ValueError, match=r"these entries do not: 1 \(a name of type int\)"):
+        load_torch_state_dict(tmp_path / "int_key.pt")
 
 
 def test_files_that_are_not_torch_files_are_refused(tmp_path):
