@@ -4,7 +4,9 @@
 A cell declares `weight_ih [gates * hidden, input]`, `weight_hh [gates * hidden, hidden]`,
 `bias_ih` and `bias_hh [gates * hidden]` under PyTorch's names and calls the framework-free
 step (`flaxseq.stack.cell_step`); its equations are its kind's (`flaxseq.kinds`). To run a
-cell over time, use a layer (`flaxseq.RNNBase`), which scans.
+cell over time, use a layer (`flaxseq.RNNBase`), which scans, or `flaxseq.CellScan(cell)`,
+which keeps the cell's parameters; `flax.linen.RNN` refuses a flaxseq cell, whose call is
+PyTorch's and not flax's.
 """
 
 import dataclasses
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 from flaxseq import checks, kinds, stack
 from flaxseq.init import recurrent_uniform
 from flaxseq.kinds import CellKind
-from flaxseq.weights import cell_shapes, declare
+from flaxseq.weights import Weights, cell_shapes, declare
 
 
 class _Cell(nn.Module):
@@ -31,16 +33,32 @@ class _Cell(nn.Module):
         checks.check_recurrent_config(input_size=self.input_size, hidden_size=self.hidden_size)
         super().__post_init__()
 
+    @property
+    def num_feature_axes(self) -> int:
+        """Read by `flax.linen.RNN`, which calls a cell as `(carry, x) -> (carry, y)`; a flaxseq
+        cell's call is PyTorch's `(input, hx) -> hx'`, so it is refused here, naming the adapter."""
+        raise TypeError(
+            f"{checks.class_name(self)} is a flaxseq cell, called as PyTorch's cell(input, hx) -> hx', not as "
+            "flax's cell(carry, x) -> (carry, y), so flax.linen.RNN cannot run it; run it over time with "
+            "flaxseq.CellScan(cell): outputs, final = CellScan(cell)(x, hx), x: [time, batch, features]"
+        )
+
     @nn.compact
     def __call__(self, input, hx=None):
-        checks.check_x64(self.param_dtype)
-        kind = self.cell_kind()
-        init = recurrent_uniform(self.hidden_size)
-        shapes = cell_shapes(kind.gates, self.input_size, self.hidden_size, self.bias)
-        weights = declare(lambda name, shape: self.param(name, init, shape, self.param_dtype), shapes)
+        weights = declare_weights(self, self.param)
         return stack.cell_step(
-            kind, weights, input, hx, input_size=self.input_size, dtype=self.dtype, name=checks.class_name(self)
+            self.cell_kind(), weights, input, hx, input_size=self.input_size, dtype=self.dtype,
+            name=checks.class_name(self),
         )
+
+
+def declare_weights(cell: _Cell, param) -> Weights:
+    """`cell`'s parameters, declared by `param(name, init, shape, dtype)` (a module's `self.param`):
+    PyTorch's names in its order, drawn from U(-1/sqrt(hidden), 1/sqrt(hidden))."""
+    checks.check_x64(cell.param_dtype)
+    init = recurrent_uniform(cell.hidden_size)
+    shapes = cell_shapes(cell.cell_kind().gates, cell.input_size, cell.hidden_size, cell.bias)
+    return declare(lambda name, shape: param(name, init, shape, cell.param_dtype), shapes)
 
 
 class RNNCellBase(_Cell):

@@ -6,7 +6,9 @@ call's arguments, and does everything between them: argument checks, layout (`ba
 unbatched input), initial states, the layers and their directions (`flaxseq.recurrence`),
 variable lengths, dropout between layers (from explicit keys), and the cuDNN branch as an
 explicit choice. It knows no framework: the linen layers (`flaxseq.layers`) and the NNX ones
-(`flaxseq.nnx`) declare the parameters `parameter_shapes` names, and call `run`.
+(`flaxseq.nnx`) declare the parameters `parameter_shapes` names, and call `run`. A cell's
+step is `cell_step`; the same cell over time (`flaxseq.CellScan`) is `scan_cell`, one layer
+of one direction run by the same loop.
 """
 
 import warnings
@@ -238,24 +240,7 @@ def cell_step(kind: CellKind, weights: Weights, input, hx=None, *, input_size: i
         raise ValueError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.shape[-1]}")
     batched = input.ndim == 2
     x = input if batched else input[None]
-    batch, size = x.shape[0], weights.w_hh.shape[0] // kind.gates
-
-    def state(arg_name, value):
-        if value is None:
-            return jnp.zeros((batch, size), x.dtype)
-        value = checks.as_float_array(arg_name, value)
-        checks.check_shape(arg_name, value, (batch, size) if batched else (size,))
-        return value if batched else value[None]
-
-    if kind.cell_state:
-        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"hx must be a tuple (h_0, c_0) for {name}, got {type(hx).__name__}")
-        h, c = (None, None) if hx is None else hx
-        carry = (state("hx[0]", h), state("hx[1]", c))
-    else:
-        if isinstance(hx, (tuple, list)):
-            raise TypeError(f"hx must be an array for {name}, got {type(hx).__name__}")
-        carry = state("hx", hx)
+    carry = cell_carry(kind, hx, x.shape[0], weights.w_hh.shape[0] // kind.gates, batched, x.dtype, name)
     dtype = dtype or jnp.result_type(x, weights.w_ih)
     x = jnp.asarray(x, dtype)
     carry = jax.tree.map(lambda s: jnp.asarray(s, dtype), carry)
@@ -271,3 +256,47 @@ def cell_step(kind: CellKind, weights: Weights, input, hx=None, *, input_size: i
     check_step(kind, gx, gh, carry, carry)
     carry = kind.step(gx, gh, carry)
     return jax.tree.map(lambda s: s if batched else s[0], carry)
+
+
+def scan_cell(kind: CellKind, weights: Weights, input, hx=None, *, input_size: int, dtype: Any = None,
+              name: str | None = None, custom_gradient: bool = True):
+    """A cell over the leading time axis of `input`: `(outputs, final)`, what `cell_step` gives
+    step after step, computed as a one-layer, one-direction stack (`flaxseq.recurrence`).
+
+    `input: [time, batch, input_size]` or unbatched `[time, input_size]`; `hx` as in
+    `cell_step`, `[batch, hidden]` (or `[hidden]`), zeros when None. Returns `outputs: [time,
+    batch, hidden]` (each step's `h'`; `[time, hidden]` unbatched) and `final`, the last step's
+    carry in the cell's form (`h'` or `(h', c')`), `hx` itself when `time` is 0.
+    """
+    name = name or kind.name
+    hidden = weights.w_hh.shape[0] // kind.gates
+    x, batched = _layout(StackConfig(kind, input_size, hidden), input, name)  # [time, batch, features]
+    carry = cell_carry(kind, hx, x.shape[1], hidden, batched, x.dtype, name)
+    dtype = dtype or jnp.result_type(x, weights.w_ih)
+    x = jnp.asarray(x, dtype)
+    carry = jax.tree.map(lambda s: jnp.asarray(s, dtype), carry)
+    (outputs,), (final,) = scan_layer(kind, [cast(weights, dtype)], x, [carry], None, custom_gradient)
+    if batched:
+        return outputs, final
+    return outputs[:, 0], jax.tree.map(lambda s: s[0], final)
+
+
+def cell_carry(kind: CellKind, hx, batch: int, size: int, batched: bool, dtype, name: str):
+    """A cell's `hx` checked and as its carry, `h` or `(h, c)` of `[batch, size]` each, zeros
+    where None; `batched=False` expects `[size]` each."""
+
+    def state(arg_name, value):
+        if value is None:
+            return jnp.zeros((batch, size), dtype)
+        value = checks.as_float_array(arg_name, value)
+        checks.check_shape(arg_name, value, (batch, size) if batched else (size,))
+        return value if batched else value[None]
+
+    if kind.cell_state:
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for {name}, got {type(hx).__name__}")
+        h, c = (None, None) if hx is None else hx
+        return state("hx[0]", h), state("hx[1]", c)
+    if isinstance(hx, (tuple, list)):
+        raise TypeError(f"hx must be an array for {name}, got {type(hx).__name__}")
+    return state("hx", hx)

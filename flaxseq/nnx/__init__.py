@@ -12,10 +12,11 @@ core's (`flaxseq.stack`), shared with the linen layers.
 """
 
 from flaxseq.nnx.basic import Embedding, Linear
+from flaxseq.nnx.cell_scan import CellScan
 from flaxseq.nnx.classifiers import TextClassifier
 from flaxseq.nnx.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
 __all__ = [
-    "GRU", "LSTM", "RNN", "Embedding", "GRUCell", "LSTMCell", "Linear", "RNNBase", "RNNCell", "RNNCellBase",
-    "TextClassifier",
+    "GRU", "LSTM", "RNN", "CellScan", "Embedding", "GRUCell", "LSTMCell", "Linear", "RNNBase", "RNNCell",
+    "RNNCellBase", "TextClassifier",
 ]

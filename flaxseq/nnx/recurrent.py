@@ -178,6 +178,16 @@ class RNNCellBase(nnx.Module):
             if shape is not None:
                 setattr(self, name, nnx.Param(init(rngs.params(), shape, param_dtype)))
 
+    @property
+    def num_feature_axes(self) -> int:
+        """Read by `flax.nnx.RNN`, which calls a cell as `(carry, x) -> (carry, y)`; a flaxseq
+        cell's call is PyTorch's `(input, hx) -> hx'`, so it is refused here, naming the adapter."""
+        raise TypeError(
+            f"{checks.class_name(self)} is a flaxseq cell, called as PyTorch's cell(input, hx) -> hx', not as "
+            "flax's cell(carry, x) -> (carry, y), so flax.nnx.RNN cannot run it; run it over time with "
+            "flaxseq.nnx.CellScan(cell): outputs, final = CellScan(cell)(x, hx), x: [time, batch, features]"
+        )
+
     def __call__(self, input, hx=None):
         weights = Weights(*(getattr(self, name)[...] if hasattr(self, name) else None for name in NAMES))
         return stack.cell_step(
