@@ -2,17 +2,21 @@
 
 Parameter names follow one convention in both frameworks: a Flax submodule has the attribute
 name of its PyTorch twin, so `fc.weight` is `params['fc']['kernel']` and `lstm.weight_ih_l0` is
-`params['lstm']['weight_ih_l0']`. Converting is then a table of leaf renames (`LEAF_RULES`),
-with a transpose for `nn.Dense` kernels, and no arithmetic on weights.
+`params['lstm']['weight_ih_l0']`. Converting is then a table of leaf renames
+(`parity.rules.LEAF_RULES`), with a transpose for `nn.Dense` kernels, and no arithmetic on
+weights. Any module whose names agree converts by `from_state_dict(module, state_dict,
+example_args)` without a rule.
 
 Building a module from the other framework's configuration needs a rule per class: `register`
-one for your own modules, as `parity/layers.py` and `parity/models.py` do for flaxseq's.
+one for your own modules (`copy_rule` where the constructor arguments agree), as
+`parity/layers.py` and `parity/modules.py` do for flaxseq's.
 """
 
 import dataclasses
 import inspect
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import flax.linen as nn
@@ -24,10 +28,10 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import parity.nnx as parity_nnx
+from flaxseq.torch_file import load_torch_state_dict
 from parity import rules
-
-# Flax leaf name -> (PyTorch leaf name, whether the array is transposed between the two).
-LEAF_RULES = {"kernel": ("weight", True), "embedding": ("weight", False)}
+from parity import ties as tying
+from parity.rules import torch_name
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,18 @@ class Rule:
       to_flax: PyTorch module -> flaxseq module with the same configuration.
       to_torch: flaxseq module -> PyTorch module with the same configuration (any weights).
       example_args: flaxseq module -> positional arguments that `module.init` accepts, used to
-        learn the parameter tree's names and shapes without computing anything.
+        learn the parameter tree's names and shapes without computing anything; None where the
+        module has no parameters.
+      ties: PyTorch's alias -> parameter, for a twin holding one parameter under both names
+        (`{"decoder.weight": "encoder.weight"}`), as `parity.ties` describes.
     """
 
     torch_type: type
     flax_type: type
     to_flax: Callable[[torch.nn.Module], nn.Module]
     to_torch: Callable[[nn.Module], torch.nn.Module]
-    example_args: Callable[[nn.Module], tuple]
+    example_args: Callable[[nn.Module], tuple | None]
+    ties: Mapping[str, str] = field(default_factory=dict)
 
 
 _RULES: list[Rule] = []
@@ -59,16 +67,30 @@ def register(rule: Rule) -> Rule:
     return rule
 
 
+def field_getters(fields: tuple[str, ...] | Mapping[str, str | Callable]) -> dict[str, Callable]:
+    """Constructor argument -> a function of the PyTorch module giving it: `fields` names
+    attributes the module keeps, or maps each argument to an attribute name or a function."""
+    if isinstance(fields, Mapping):
+        return {f: (lambda m, g=g: getattr(m, g)) if isinstance(g, str) else g for f, g in fields.items()}
+    return {f: (lambda m, f=f: getattr(m, f)) for f in fields}
+
+
 def copy_rule(
-    torch_type: type, flax_type: type, fields: tuple[str, ...], example_args: Callable[[nn.Module], tuple]
+    torch_type: type, flax_type: type, fields: tuple[str, ...] | Mapping[str, str | Callable],
+    example_args: Callable[[nn.Module], tuple | None], *, ties: Mapping[str, str] | None = None,
 ) -> Rule:
     """Register a rule for twins whose constructor arguments `fields` share names and meaning.
 
+    `fields`: the names of the arguments, which both modules keep as attributes; or a mapping
+    from each argument to the attribute of the PyTorch module holding it, or to a function of
+    the PyTorch module (`{"ninp": lambda m: m.encoder.embedding_dim, "nhid": "nhid"}`) for
+    models that do not keep their arguments. The flaxseq twin keeps them as its fields.
     Arguments that are modules themselves (`Seq2Seq(encoder, decoder)`) are converted with their
     own rules. PyTorch's parameter dtype becomes `param_dtype`; PyTorch modules whose
-    constructor takes no `dtype=` are cast by `to_torch` after construction.
+    constructor takes no `dtype=` are cast by `to_torch` after construction. `ties`: as `Rule`.
     """
     takes_dtype = "dtype" in inspect.signature(torch_type).parameters
+    getters = field_getters(fields)
 
     def convert(value, direction):
         if isinstance(value, (torch.nn.Module, nn.Module)):
@@ -76,23 +98,30 @@ def copy_rule(
         return value
 
     def to_flax(module):
-        config = {f: convert(getattr(module, f), "to_flax") for f in fields}
+        config = {f: convert(get(module), "to_flax") for f, get in getters.items()}
         if "param_dtype" in {f.name for f in dataclasses.fields(flax_type)}:
             config["param_dtype"] = jnp.dtype(module_dtype(module))
         return flax_type(**config)
 
     def to_torch(module):
-        config = {f: convert(getattr(module, f), "to_torch") for f in fields}
+        config = {f: convert(getattr(module, f), "to_torch") for f in getters}
         if takes_dtype:
             config["dtype"] = torch_dtype(module.param_dtype)
         return torch_type(**config)
 
-    return register(Rule(torch_type, flax_type, to_flax, to_torch, example_args))
+    return register(Rule(torch_type, flax_type, to_flax, to_torch, example_args, dict(ties or {})))
 
 
 def find_rule(module) -> Rule:
     """The rule whose torch or flax class is `type(module)` (or its nearest base class)."""
     return rules.find(_RULES, module, lambda r: (r.torch_type, r.flax_type), "parity.register")
+
+
+def _rule_ties(module) -> dict[str, str]:
+    try:
+        return dict(find_rule(module).ties)
+    except TypeError:  # no rule: no ties but those given
+        return {}
 
 
 def torch_dtype(dtype) -> torch.dtype:
@@ -111,35 +140,60 @@ def module_dtype(module: torch.nn.Module) -> np.dtype:
     return np.dtype("float32") if param is None else numpy_dtype(param.dtype)
 
 
-def torch_name(flax_path: tuple[str, ...]) -> tuple[str, bool]:
-    """Flax parameter path -> (PyTorch state_dict key, transposed?)."""
-    *prefix, leaf = flax_path
-    leaf, transposed = LEAF_RULES.get(leaf, (leaf, False))
-    return ".".join([*prefix, leaf]), transposed
+def expected_params(flax_module: nn.Module, example_args: tuple | None = None) -> dict[tuple, jax.ShapeDtypeStruct]:
+    """The flat parameter tree of `flax_module`: path -> shape and dtype, computed abstractly
+    from `example_args` (the call's positional arguments), or from its rule's."""
+    if example_args is None:
+        try:
+            rule = find_rule(flax_module)
+        except TypeError as error:
+            raise TypeError(
+                f"{error}; or pass example_args=(the call's positional arguments, e.g. a batch), "
+                f"from which the parameters' names and shapes are learnt"
+            ) from None
+        example_args = rule.example_args(flax_module)
+        if example_args is None:  # no parameters
+            return {}
+    if not isinstance(example_args, tuple):
+        raise TypeError(
+            f"example_args must be a tuple of the call's positional arguments, got {type(example_args).__name__}"
+        )
+    key = jax.random.key(0)
+    shapes = jax.eval_shape(lambda: flax_module.init({"params": key, "dropout": key}, *example_args))
+    return flatten_dict(shapes.get("params", {}))
 
 
-def expected_params(flax_module: nn.Module) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
-    """The flat parameter tree of `flax_module`: path -> shape and dtype, computed abstractly."""
-    args = find_rule(flax_module).example_args(flax_module)
-    shapes = jax.eval_shape(lambda: flax_module.init(jax.random.key(0), *args))
-    return flatten_dict(shapes["params"])
-
-
-def to_state_dict(flax_module, variables: Mapping | None = None) -> dict[str, np.ndarray]:
+def to_state_dict(flax_module, variables: Mapping | None = None, *, ties: Mapping[str, str] | None = None
+                  ) -> dict[str, np.ndarray]:
     """flaxseq variables (linen), or an NNX module's parameters -> PyTorch state_dict of numpy
     arrays (dtype kept).
 
-    linen: works for any pytree with the parameter structure, gradients included.
+    linen: works for any pytree with the parameter structure, gradients included. `ties`
+    (alias -> parameter, beside the rule's) adds each alias with its parameter's array, as
+    PyTorch's `state_dict` gives both names.
     """
+    ties = {**_rule_ties(flax_module), **(ties or {})}
     if isinstance(flax_module, nnx.Module):
-        return parity_nnx.to_state_dict(flax_module)
-    del flax_module  # the names alone decide; kept for symmetry with `from_state_dict`
+        return parity_nnx.to_state_dict(flax_module, ties=ties)
     state_dict = {}
     for path, value in flatten_dict(variables["params"]).items():
-        name, transposed = torch_name(path)
         value = np.asarray(value)
+        name, transposed = torch_name(path, value.ndim)
         state_dict[name] = value.T if transposed else value
-    return state_dict
+    return tying.with_aliases(state_dict, ties)
+
+
+def read_state_dict(state_dict_or_path) -> Mapping[str, Any]:
+    """A state_dict given as a mapping, or the path of a file `torch.save` wrote (read by
+    `flaxseq.load_torch_state_dict`)."""
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        return load_torch_state_dict(state_dict_or_path)
+    if not isinstance(state_dict_or_path, Mapping):
+        raise TypeError(
+            f"state_dict must be a mapping of names to arrays or the path of a torch.save file, "
+            f"got {type(state_dict_or_path).__name__}"
+        )
+    return state_dict_or_path
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -175,25 +229,35 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
     return values, problems
 
 
-def from_state_dict(module, state_dict: Mapping[str, Any]):
-    """PyTorch state_dict (torch tensors or numpy arrays) -> the module's parameters.
+def from_state_dict(module, state_dict, example_args: tuple | None = None, *,
+                    ties: Mapping[str, str] | None = None):
+    """A PyTorch state_dict (a mapping of torch tensors or numpy arrays, or the path of a file
+    `torch.save` wrote) -> the module's parameters, for any module whose names agree.
 
-    linen: returns the variables `{'params': ...}`. NNX (`flaxseq.nnx`): fills the module's
-    parameters in place and returns the module. Strict: every missing, unexpected, misshaped
-    and non-floating key is collected and raised at once in a `ValueError` naming each. The
-    arrays keep their dtype; float64 while JAX's x64 mode is off is an error.
+    linen: returns the variables `{'params': ...}`. The parameter tree is learnt from
+    `example_args` (the call's positional arguments, e.g. `(ids,)`), or, without them, from the
+    module's registered rule. NNX: fills the module's parameters in place and returns it.
+    PyTorch's names follow from the twin's by `parity.rules.LEAF_RULES`, which covers flax's own
+    `nn.Dense`, `nn.Embed` and `nn.LayerNorm` as well as flaxseq's modules. `ties` (alias ->
+    parameter, beside the rule's and, in NNX, the module's shared parameters): each alias is
+    checked equal to its parameter and not loaded twice.
+
+    Strict: every missing, unexpected, misshaped and non-floating key is collected and raised at
+    once in a `ValueError` naming each. The arrays keep their dtype; float64 while JAX's x64
+    mode is off is an error.
     """
+    state_dict = read_state_dict(state_dict)
+    ties = {**_rule_ties(module), **(ties or {})}
     if isinstance(module, nnx.Module):
-        return parity_nnx.from_state_dict(
-            module, state_dict,
-            problems_of=lambda expected, sd: check_state_dict({k: v.shape for k, v in expected.items()}, sd),
-        )
-    expected = expected_params(module)
+        return parity_nnx.from_state_dict(module, state_dict, ties=ties, problems_of=check_state_dict)
     by_key = {}
-    for path, spec in expected.items():
-        key, transposed = torch_name(path)
+    for path, spec in expected_params(module, example_args).items():
+        key, transposed = torch_name(path, len(spec.shape))
         by_key[key] = (path, transposed, tuple(spec.shape)[::-1] if transposed else tuple(spec.shape))
-    values, problems = check_state_dict({k: shape for k, (_, _, shape) in by_key.items()}, state_dict)
+    expected = {k: shape for k, (_, _, shape) in by_key.items()}
+    state_dict, tie_problems = tying.split_aliases(expected, state_dict, ties, _as_numpy)
+    values, problems = check_state_dict(expected, state_dict)
+    problems = tie_problems + problems
     if problems:
         raise ValueError(f"state_dict does not match {type(module).__name__}:\n  " + "\n  ".join(problems))
     params = {}
@@ -207,25 +271,32 @@ def from_torch(torch_module: torch.nn.Module, api: str = "linen"):
     """A PyTorch module -> its flaxseq twin with the same configuration and weights.
 
     `api="linen"`: `(module, variables)`. `api="nnx"`: the `flaxseq.nnx` module, holding the
-    weights, in the torch module's mode (training or evaluation).
+    weights, in the torch module's mode (training or evaluation). Parameters sharing storage in
+    the torch module (`decoder.weight = encoder.weight`) become the twin's one parameter.
     """
     if api == "nnx":
         return parity_nnx.from_torch(torch_module, from_state_dict)
     if api != "linen":
         raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
     flax_module = find_rule(torch_module).to_flax(torch_module)
-    return flax_module, from_state_dict(flax_module, torch_module.state_dict())
+    names = [torch_name(path, len(spec.shape))[0] for path, spec in expected_params(flax_module).items()]
+    ties = tying.torch_ties(torch_module, names)
+    return flax_module, from_state_dict(flax_module, torch_module.state_dict(), ties=ties)
 
 
-def to_torch(flax_module, variables: Mapping | None = None) -> torch.nn.Module:
+def to_torch(flax_module, variables: Mapping | None = None, *, ties: Mapping[str, str] | None = None
+             ) -> torch.nn.Module:
     """flaxseq module and variables (linen), or an NNX module alone -> the PyTorch module with
-    the same configuration and weights (and, from NNX, mode)."""
+    the same configuration and weights (and, from NNX, mode). `ties` (alias -> parameter,
+    beside the rule's and, in NNX, the module's shared parameters) are tied again: the alias is
+    the very `Parameter` of its target."""
+    ties = {**_rule_ties(flax_module), **(ties or {})}
     if isinstance(flax_module, nnx.Module):
-        return parity_nnx.to_torch(flax_module)
+        return parity_nnx.to_torch(flax_module, ties=ties)
     torch_module = find_rule(flax_module).to_torch(flax_module)
-    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(flax_module, variables).items()}
+    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(flax_module, variables, ties=ties).items()}
     dtypes = {v.dtype for v in state_dict.values()}
     if len(dtypes) == 1:
         torch_module = torch_module.to(dtypes.pop())
     torch_module.load_state_dict(state_dict, strict=True)
-    return torch_module
+    return tying.retie(torch_module, ties)

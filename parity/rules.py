@@ -1,4 +1,27 @@
-"""Finding a conversion rule by class, for the linen and the NNX rule tables alike."""
+"""What the linen and NNX conversions share: the rule lookup by class and the leaf renames."""
+
+# A Flax leaf name -> (PyTorch's leaf name, whether the array is transposed between the two):
+# `nn.Dense`/`flaxseq.basic.Linear` kernels `[in, out]` are PyTorch's `weight [out, in]`,
+# `nn.Embed` tables and `nn.LayerNorm` scales are `weight` as they are. Every other leaf
+# (the recurrent layers' `weight_ih_l0`, `bias`, a twin's own `weight`) keeps its name.
+LEAF_RULES = {"kernel": ("weight", True), "embedding": ("weight", False), "scale": ("weight", False)}
+
+
+def torch_name(flax_path: tuple[str, ...], ndim: int | None = None) -> tuple[str, bool]:
+    """A Flax parameter path -> (PyTorch's state_dict key, transposed?).
+
+    `ndim`, when known, is the leaf's rank: a transposed leaf must be a matrix (a convolution's
+    kernel has another layout, which no rule here knows).
+    """
+    *prefix, leaf = (str(part) for part in flax_path)
+    leaf, transposed = LEAF_RULES.get(leaf, (leaf, False))
+    name = ".".join([*prefix, leaf])
+    if transposed and ndim is not None and ndim != 2:
+        raise ValueError(
+            f"{'/'.join(map(str, flax_path))}: a kernel converts to {name} by a transpose, which needs a "
+            f"matrix [in, out]; got a {ndim}-D kernel (no rule converts it)"
+        )
+    return name, transposed
 
 
 def find(rules: list, module, types, register_name: str):

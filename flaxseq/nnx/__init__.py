@@ -11,7 +11,7 @@ core's (`flaxseq.stack`), shared with the linen layers.
 >>> output, (h_n, c_n) = lstm(jnp.ones((32, 5, 10)))  # [32, 5, 20], [2, 32, 20], [2, 32, 20]
 """
 
-from flaxseq.nnx.basic import Embedding, Linear
+from flaxseq.nnx.basic import GELU, Dropout, Embedding, Identity, LayerNorm, Linear, ReLU, Sequential, Sigmoid, Tanh
 from flaxseq.nnx.cell_scan import CellScan
 from flaxseq.nnx.classifiers import TextClassifier
 from flaxseq.nnx.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
@@ -20,3 +20,4 @@ __all__ = [
     "GRU", "LSTM", "RNN", "CellScan", "Embedding", "GRUCell", "LSTMCell", "Linear", "RNNBase", "RNNCell",
     "RNNCellBase", "TextClassifier",
 ]
+__all__ += ["Dropout", "GELU", "Identity", "LayerNorm", "ReLU", "Sequential", "Sigmoid", "Tanh"]

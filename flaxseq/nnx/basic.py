@@ -1,10 +1,13 @@
-"""`Linear` and `Embedding` as NNX modules with PyTorch's layout, initialisation and semantics.
+"""The twins of `torch.nn`'s common modules in NNX, with PyTorch's constructor arguments,
+parameter names, layouts, initialisation and arithmetic: `Linear`, `Embedding`, `LayerNorm`,
+`Dropout`, `Sequential`, `Identity` and the activations.
 
-`linear.weight [out, in]`, `linear.bias [out]`; `embedding.weight [num, features]`, as in
-PyTorch, so `nnx.state(model, nnx.Param)` reads like `model.state_dict()`.
+`linear.weight [out, in]`, `linear.bias [out]`; `embedding.weight [num, features]`;
+`norm.weight`, `norm.bias [*normalized_shape]`, as in PyTorch, so `nnx.state(model, nnx.Param)`
+reads like `model.state_dict()`.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -12,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxseq import checks
-from flaxseq.basic import check_ids, lookup
+from flaxseq.basic import attend, check_approximate, check_ids, layer_norm, lookup, normalized_shape
 from flaxseq.init import linear_uniform
 from flaxseq.nnx.recurrent import require_rngs
 
@@ -101,9 +104,120 @@ class Embedding(nnx.Module):
         return lookup(self.weight[...], ids, self.padding_idx, self.dtype)
 
     def attend(self, x) -> jax.Array:
+        return attend(self.weight[...], x, self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """The twin of `torch.nn.LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True)`.
+
+    `y = (x - mean) / sqrt(var + eps) * weight + bias` over the trailing `normalized_shape`
+    axes, the variance biased; `weight` (ones) and `bias` (zeros) of `normalized_shape`, absent
+    without `elementwise_affine` (and `bias` without `bias`). No random draws: no `rngs`.
+
+    >>> norm = LayerNorm(64)
+    """
+
+    def __init__(
+        self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
+        bias: bool = True, *, param_dtype: Any = jnp.float32, dtype: Any = None,
+    ):
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        for size in shape:
+            checks.check_int("normalized_shape", size, 1)
+        checks.check_x64(param_dtype)
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        self.param_dtype, self.dtype = param_dtype, dtype
+        if elementwise_affine:
+            self.weight = nnx.Param(jnp.ones(shape, param_dtype))
+            if bias:
+                self.bias = nnx.Param(jnp.zeros(shape, param_dtype))
+
+    def __call__(self, x) -> jax.Array:
         x = checks.as_float_array("input", x)
-        weight = self.weight[...]
-        dtype = self.dtype or jnp.result_type(x, weight)
-        return jnp.asarray(x, dtype) @ jnp.asarray(weight, dtype).T
+        normalized_shape(self.normalized_shape, x)
+        weight, bias = (getattr(self, name, None) for name in ("weight", "bias"))
+        return layer_norm(
+            x, len(self.normalized_shape), None if weight is None else weight[...],
+            None if bias is None else bias[...], self.eps, self.dtype,
+        )
+
+
+class Dropout(nnx.Dropout):
+    """The twin of `torch.nn.Dropout(p=0.5)`: `flax.nnx.Dropout` with PyTorch's argument name.
+
+    Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)` in training
+    mode (when new, or after `.train()`); the identity after `.eval()`.
+
+    >>> drop = Dropout(0.2, rngs=nnx.Rngs(0))
+    """
+
+    def __init__(self, p: float = 0.5, *, rngs: nnx.Rngs | None = None):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+        super().__init__(p, rngs=require_rngs(self, rngs))
+        self.p = p
+
+
+class Sequential(nnx.Module):
+    """The twin of `torch.nn.Sequential(*layers)`: the layers applied in order, held as
+    attributes `0`, `1`, … as PyTorch names them (`0.weight`).
+
+    >>> mlp = Sequential(Linear(8, 16, rngs=rngs), Tanh(), Linear(16, 4, rngs=rngs))
+    """
+
+    def __init__(self, *layers: Callable):
+        self.size = len(layers)
+        for index, layer in enumerate(layers):
+            setattr(self, str(index), layer)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        return getattr(self, str(range(self.size)[index]))
+
+    def __call__(self, x):
+        for index in range(self.size):
+            x = getattr(self, str(index))(x)
+        return x
+
+
+class Identity(nnx.Module):
+    """The twin of `torch.nn.Identity`: `x -> x`."""
+
+    def __call__(self, x):
+        return x
+
+
+class Tanh(nnx.Module):
+    """The twin of `torch.nn.Tanh`."""
+
+    def __call__(self, x):
+        return jnp.tanh(x)
+
+
+class ReLU(nnx.Module):
+    """The twin of `torch.nn.ReLU`."""
+
+    def __call__(self, x):
+        return jax.nn.relu(x)
+
+
+class Sigmoid(nnx.Module):
+    """The twin of `torch.nn.Sigmoid`."""
+
+    def __call__(self, x):
+        return jax.nn.sigmoid(x)
+
+
+class GELU(nnx.Module):
+    """The twin of `torch.nn.GELU(approximate='none')`: exact (erf) unless `approximate='tanh'`."""
+
+    def __init__(self, approximate: str = "none"):
+        check_approximate(approximate)
+        self.approximate = approximate
+
+    def __call__(self, x):
+        return jax.nn.gelu(x, approximate=self.approximate == "tanh")
 
 
