@@ -1,5 +1,5 @@
 """The twins of `torch.nn`'s common modules in linen: `Linear`, `Embedding`, `LayerNorm`,
-`Sequential`, `Identity` and the activations, with PyTorch's initialisation and arithmetic.
+`Sequential`, `TiedLinear`, `Identity` and the activations, with PyTorch's initialisation and arithmetic.
 
 They keep Flax's parameter names (`kernel [in, out]`, `bias`; `embedding [num, features]`;
 `scale`, `bias`), so a Flax user reads them as `nn.Dense`, `nn.Embed` and `nn.LayerNorm`; the
@@ -109,6 +109,30 @@ class Embedding(nn.Module):
 
     def attend(self, x) -> jax.Array:
         return attend(self.embedding, x, self.dtype)
+
+
+class TiedLinear(nn.Module):
+    """A decoder whose weight is an embedding's table: `y = embedding.attend(x) + bias`, the
+    twin of `decoder = torch.nn.Linear(features, num_embeddings)` with `decoder.weight =
+    encoder.weight`. It holds only `bias: [num_embeddings]` (`bias_init`, zeros by default); the weight stays the
+    embedding's one parameter, whose gradient sums both uses. `x: [..., features] ->
+    [..., num_embeddings]`.
+
+    >>> encoder = Embedding(10000, 200, name="encoder")
+    >>> logits = TiedLinear(encoder, name="decoder")(hidden)  # parameters: encoder, decoder.bias
+    """
+
+    embedding: Embedding
+    use_bias: bool = True
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x) -> jax.Array:
+        y = self.embedding.attend(x)
+        if not self.use_bias:
+            return y
+        bias = self.param("bias", self.bias_init, (self.embedding.num_embeddings,), self.embedding.param_dtype)
+        return y + jnp.asarray(bias, y.dtype)
 
 
 class LayerNorm(nn.Module):
