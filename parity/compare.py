@@ -4,8 +4,14 @@ The loss whose gradients are compared is `sum_i sum(w_i * out_i)` over every flo
 (final states included), with fixed random weights `w_i`. Gradients are taken with respect to
 every parameter, every floating input and every initial state: PyTorch's `.grad` (None counts
 as zero) against `jax.grad`, mapped to PyTorch's names through the converter.
+
+`compare(..., train=True)` runs both sides in training mode with the same dropout masks
+(`parity.dropout`): every dropout module applies a mask drawn from `seed`, and PyTorch's
+multi-layer recurrent modules with dropout run layer by layer with the masks flaxseq's layer
+drew between its layers.
 """
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +23,7 @@ import torch
 from flax import nnx
 
 import parity.nnx as parity_nnx
+from parity import dropout, ties
 from parity.convert import to_state_dict
 
 # dtype -> (largest relative error, largest absolute error or None)
@@ -52,6 +59,16 @@ class Report:
     gradients: list[TensorDiff] = field(default_factory=list)
     output_dtypes: list[np.dtype] = field(default_factory=list)  # flaxseq's floating outputs
     limits: tuple[float, float | None] | None = None  # (rel, abs); None: TOLERANCES[dtype]
+    train: bool = False  # run in training mode, with the same dropout masks on both sides
+    dropout_sites: list[str] = field(default_factory=list)  # training: the sites and their calls
+    problems: list[str] = field(default_factory=list)  # training: dropout calls that disagree
+
+    @property
+    def mode(self) -> str:
+        """`'evaluation'`, or `'training (dropout: drop: 2 calls; lstm: 1 call, between layers)'`."""
+        if not self.train:
+            return "evaluation"
+        return f"training (dropout: {'; '.join(self.dropout_sites) or 'no sites'})"
 
     @property
     def worst_output(self) -> TensorDiff:
@@ -71,7 +88,7 @@ class Report:
             if not (d.rel <= rtol and (atol is None or d.max_abs <= atol))
         ]
         bad += [f"output dtype {dt}, expected {self.dtype}" for dt in self.output_dtypes if dt != self.dtype]
-        return bad
+        return bad + self.problems
 
     def notes(self) -> list[str]:
         """Remarks on a passing comparison that the report should show (none by default)."""
@@ -97,6 +114,8 @@ def compare(
     output_names: tuple[str, ...] | None = None,
     input_names: tuple[str, ...] | None = None,
     seed: int = 0,
+    train: bool = False,
+    rename: Mapping[str, str] | None = None,
 ) -> Report:
     """Compare forward outputs and gradients of `torch_module` and `flax_module`.
 
@@ -107,16 +126,28 @@ def compare(
       kwargs: keyword inputs, not differentiated (e.g. `lengths`).
       torch_call: `(module, *args, **kwargs) -> outputs`; default `module(*args, **kwargs)`.
       output_names, input_names: names for the flattened outputs and floating inputs.
-      seed: seeds the loss weights.
+      seed: seeds the loss weights, and the dropout masks in training mode.
+      train: run both in training mode with the same dropout masks (`parity.dropout`); the
+        report's `mode` says so.
+      rename: training mode: flaxseq's dropout site name -> PyTorch's module name, where the
+        two differ (`{'Dropout_0': 'dropout'}`).
 
     `flax_module` may be a `flaxseq.nnx` module, with `variables` None (it holds its weights).
 
-    Both run in evaluation mode (PyTorch `eval()`, flaxseq `deterministic=True`); flaxseq under
-    `jax.jit`.
+    Both run in evaluation mode by default (PyTorch `eval()`, flaxseq `deterministic=True`);
+    flaxseq under `jax.jit`. In training mode PyTorch's module is left in `train()`; a linen
+    module whose `__call__` takes `deterministic` gets `deterministic=False` (unless `kwargs`
+    sets it, which then reaches PyTorch's call too: use `torch_call` to drop it) and the
+    `'dropout'` rng; an NNX module runs as a copy in `train()`. Dropout sites seen by one side
+    only raise `ValueError` naming them.
     """
     kwargs = dict(kwargs or {})
     nnx_module = isinstance(flax_module, nnx.Module)
-    if nnx_module:  # compared through linen's functional form, on a copy in evaluation mode
+    side = None
+    if train:  # both modules' dropout masked the same way
+        side = dropout.FlaxSide(flax_module, variables, train=True, seed=seed, rename=rename)
+        variables, base = side.variables, dropout.base_key(seed)
+    elif nnx_module:  # compared through linen's functional form, on a copy in evaluation mode
         flax_module = parity_nnx.AsLinen(flax_module)
         variables = flax_module.variables
     torch_call = torch_call or (lambda module, *a, **k: module(*a, **k))
@@ -130,8 +161,14 @@ def compare(
         return jax.tree.unflatten(treedef, new)
 
     # flaxseq
+    def flax_run(params, float_leaves):  # (outputs, the keep masks drawn in training)
+        if side is not None:
+            outputs, _, masks = side.apply(params, side.state, base, *rebuild(float_leaves, jnp.asarray), **kwargs)
+            return outputs, masks
+        return flax_module.apply({**variables, "params": params}, *rebuild(float_leaves, jnp.asarray), **kwargs), {}
+
     def flax_outputs(params, float_leaves):
-        return flax_module.apply({**variables, "params": params}, *rebuild(float_leaves, jnp.asarray), **kwargs)
+        return flax_run(params, float_leaves)[0]
 
     float_inputs = [jnp.asarray(leaves[i]) for i in float_index]
     out_leaves = jax.tree.leaves(jax.eval_shape(flax_outputs, variables["params"], float_inputs))
@@ -142,23 +179,32 @@ def compare(
     ]
 
     def flax_loss(params, float_leaves):
-        outputs = jax.tree.leaves(flax_outputs(params, float_leaves))
-        return sum(jnp.sum(w * o) for w, o in zip(weights, outputs, strict=True) if w is not None), outputs
+        outputs, masks = flax_run(params, float_leaves)
+        outputs = jax.tree.leaves(outputs)
+        return sum(jnp.sum(w * o) for w, o in zip(weights, outputs, strict=True) if w is not None), (outputs, masks)
 
     grad_fn = jax.jit(jax.value_and_grad(flax_loss, argnums=(0, 1), has_aux=True))
-    (_, flax_out), (param_grads, input_grads) = grad_fn(variables["params"], float_inputs)
+    (_, (flax_out, masks)), (param_grads, input_grads) = grad_fn(variables["params"], float_inputs)
 
     # PyTorch
-    torch_module.eval()
+    torch_module.train(train)
     torch_module.zero_grad(set_to_none=True)
     torch_inputs = [torch.from_numpy(np.array(leaves[i])).requires_grad_(True) for i in float_index]
     torch_args = rebuild(torch_inputs, lambda leaf: torch.from_numpy(np.array(leaf)))
     torch_kwargs = {k: (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    torch_out = jax.tree.leaves(torch_call(torch_module, *torch_args, **torch_kwargs))
+    masked = (
+        dropout.torch_side(torch_module, base, side.layer_keys(base, side.state), side.log, masks) if train
+        else contextlib.nullcontext()
+    )
+    with masked as torch_log:
+        torch_out = jax.tree.leaves(torch_call(torch_module, *torch_args, **torch_kwargs))
     torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in zip(weights, torch_out, strict=True) if w is not None)
     torch_loss.backward()
 
-    report = Report(dtype=np.dtype(jax.tree.leaves(variables["params"])[0].dtype))
+    report = Report(dtype=np.dtype(jax.tree.leaves(variables["params"])[0].dtype), train=train)
+    if train:
+        report.problems = dropout.check_sites(side.log, torch_log, torch_module)
+        report.dropout_sites = side.log.summary()
     names = output_names or tuple(f"out[{i}]" for i in range(len(flax_out)))
     if len(torch_out) != len(flax_out):
         raise ValueError(f"flaxseq returns {len(flax_out)} outputs, PyTorch {len(torch_out)}")
@@ -169,12 +215,13 @@ def compare(
 
     torch_grads = {
         name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
-        for name, p in torch_module.named_parameters()
+        for name, p in torch_module.named_parameters(remove_duplicate=False)  # a tied one under each name
     }
     if nnx_module:
         flax_grads = parity_nnx.state_dict_of(param_grads)
     else:
         flax_grads = to_state_dict(flax_module, {"params": param_grads})
+    flax_grads = ties.with_aliases(flax_grads, ties.torch_ties(torch_module, flax_grads))  # one parameter, both names
     if set(torch_grads) != set(flax_grads):
         raise ValueError(
             f"parameter names differ: only in flaxseq {sorted(set(flax_grads) - set(torch_grads))}, "
