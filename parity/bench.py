@@ -25,9 +25,17 @@ allocator's peak over its allocation before the call.
 
 Writes a table to the terminal, and JSON and a PNG chart of the ratios where asked.
 
-Before anything runs, malloc is set to keep freed memory for reuse (`flaxseq.memory`, both
-frameworks share the process): without it every jitted call faults its temporary buffer in
-afresh. `--malloc default` leaves glibc's settings as they are.
+The headline is what a user gets: the process as it starts, glibc's malloc as it comes
+(`--malloc plain`, the default). `--malloc both` also times each row in a child process with
+malloc set to keep freed memory (`flaxseq.memory.keep_freed_memory`, which applies to both
+frameworks): extra columns `flaxseq+keep` and `torch+keep`, their ratios to `torch+keep`.
+`--malloc keep` sets it in this process for every column.
+
+Train rows whose matrix products are listed (`train_products`) also get each column's achieved
+GFLOP/s (the products' FLOPs over the step's time), beside the machine's float32 rate of a
+2048^3 product in JAX and torch, printed first; `--floor` adds each such row's floor: the sum
+over its products of each one's time alone in JAX at its own shape (in-loop ones per step of
+a loop, as XLA runs them).
 """
 
 import argparse
@@ -57,8 +65,9 @@ COLUMNS = ("flaxseq", "flaxseq-cudnn", "flax", "torch.compile")
 class Row:
     """One benchmark configuration.
 
-    `kind` is a layer (`RNN`, `LSTM`, `GRU`) or a tutorial model (`classifier`, `tagger`,
-    `seq2seq`). Layer inputs are `[batch, time, input_size]` (batch first).
+    `kind` is a layer (`RNN`, `LSTM`, `GRU`), a tutorial model (`classifier`, `tagger`,
+    `seq2seq`) or a language model as a user writes it (`lm`, `lm_runners`). Layer inputs are
+    `[batch, time, input_size]` (batch first); the language models' are `[time, batch]` ids.
     """
 
     name: str
@@ -95,6 +104,16 @@ ROWS = [
         extra=dict(vocab_size=20000, embed_size=128, hidden_size=256, num_layers=2, num_tags=20)),
     Row("model-seq2seq", "seq2seq", 64, 20, budget=25,
         extra=dict(src_vocab=32, tgt_vocab=72, embed_size=64, hidden_size=256, num_layers=1, tgt_len=20)),
+    # the public word_language_model example's model and train step (time-major 35 x 20)
+    Row("word-lm-lstm", "lm", 20, 35, budget=30, quick=True, extra=dict(
+        cell="LSTM", vocab_size=10000, embed_size=200, hidden_size=200, num_layers=2, dropout=0.2,
+        optimizer="sgd", lr=20.0, clip=0.25)),
+    Row("word-lm-gru", "lm", 20, 35, budget=25, extra=dict(
+        cell="GRU", vocab_size=10000, embed_size=200, hidden_size=200, num_layers=2, dropout=0.2,
+        optimizer="sgd", lr=20.0, clip=0.25)),
+    Row("char-lm-lstm", "lm", 64, 100, budget=40, extra=dict(
+        cell="LSTM", vocab_size=100, embed_size=64, hidden_size=512, num_layers=2, dropout=0.0,
+        optimizer="adam", lr=2e-3, clip=0.0)),
 ]
 
 
@@ -222,6 +241,172 @@ def build(row: Row, dtype: str, torch_device) -> Workload:
         tuple(jnp.asarray(a) for a in targets), tuple(to_torch(a) for a in targets), torch_loss, jax_loss,
         lambda p, *a: flax_call(flax_module, p, *a), torch_call,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Language models as users write them: their own model around flaxseq's parts, their own step.
+
+
+def torch_rnn_model(row: Row, torch):
+    """The `RNNModel` of PyTorch's public word_language_model example (its LSTM/GRU branch):
+    embedding, dropout, `nn.LSTM`/`nn.GRU` with dropout between layers, dropout, a linear
+    decoder on the `[time, batch, hidden]` output, `log_softmax` over the vocabulary."""
+    nn, F = torch.nn, torch.nn.functional
+    e = row.extra
+
+    class RNNModel(nn.Module):
+        def __init__(self, rnn_type, ntoken, ninp, nhid, nlayers, dropout):
+            super().__init__()
+            self.ntoken = ntoken
+            self.drop = nn.Dropout(dropout)
+            self.encoder = nn.Embedding(ntoken, ninp)
+            self.rnn = getattr(nn, rnn_type)(ninp, nhid, nlayers, dropout=dropout)
+            self.decoder = nn.Linear(nhid, ntoken)
+            nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+            nn.init.zeros_(self.decoder.bias)
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+        def forward(self, input, hidden):
+            emb = self.drop(self.encoder(input))
+            output, hidden = self.rnn(emb, hidden)
+            output = self.drop(output)
+            decoded = self.decoder(output).view(-1, self.ntoken)
+            return F.log_softmax(decoded, dim=1), hidden
+
+    return RNNModel(e["cell"], e["vocab_size"], e["embed_size"], e["hidden_size"], e["num_layers"], e["dropout"])
+
+
+def flax_rnn_model(row: Row):
+    """The same model as a flaxseq user writes it: `flaxseq.basic.Embedding`, `nn.Dropout`,
+    `flaxseq.LSTM`/`flaxseq.GRU`, `flaxseq.basic.Linear` on the `[time, batch, hidden]`
+    output, which returns the logits (`flaxseq.losses.cross_entropy` takes them)."""
+    import flax.linen as nn
+
+    import flaxseq
+    from flaxseq.basic import Embedding, Linear
+
+    e = row.extra
+    layer = getattr(flaxseq, e["cell"])
+
+    class RNNModel(nn.Module):
+        @nn.compact
+        def __call__(self, ids, hidden, train: bool):
+            emb = nn.Dropout(e["dropout"], deterministic=not train)(Embedding(e["vocab_size"], e["embed_size"])(ids))
+            output, hidden = layer(e["embed_size"], e["hidden_size"], e["num_layers"], dropout=e["dropout"])(
+                emb, hidden, deterministic=not train)
+            output = nn.Dropout(e["dropout"], deterministic=not train)(output)
+            return Linear(e["vocab_size"])(output), hidden  # [time, batch, vocab]
+
+    return RNNModel()
+
+
+def _lm_data(row: Row):
+    """Token ids `[time, batch]` and the next tokens as targets, numpy int64."""
+    rng = np.random.default_rng(0)
+    stream = rng.integers(0, row.extra["vocab_size"], (row.time + 1, row.batch))
+    return stream[:-1], stream[1:]
+
+
+def lm_runners(row: Row, framework: str, xla_options: dict | None = None) -> dict:
+    """`{pass: (call, compile_seconds, memory_bytes)}` for one framework ('flaxseq', 'torch') of
+    a language-model row: the train step carries the hidden state from call to call (detached),
+    with dropout on; the forward pass is evaluation mode from a zero state.
+
+    The train step is the example's: cross-entropy over every token, gradient norm clipped at
+    `clip` (0: none), SGD at `lr` (PyTorch: `p.data.add_(p.grad, alpha=-lr)` after
+    `clip_grad_norm_`; optax: `clip_by_global_norm` then `sgd`), or Adam at `lr`
+    (`torch.optim.Adam`, `optax.adam`)."""
+    e = row.extra
+    ids, targets = _lm_data(row)
+    layers, batch, hidden = e["num_layers"], row.batch, e["hidden_size"]
+    if framework == "torch":
+        import torch
+
+        torch.manual_seed(0)
+        model = torch_rnn_model(row, torch)
+        ids_t, targets_t = torch.from_numpy(ids), torch.from_numpy(targets).reshape(-1)
+        criterion = torch.nn.NLLLoss()
+        adam = torch.optim.Adam(model.parameters(), lr=e["lr"]) if e["optimizer"] == "adam" else None
+
+        def zeros():
+            h = torch.zeros(layers, batch, hidden)
+            return (h, torch.zeros_like(h)) if e["cell"] == "LSTM" else h
+
+        state = [zeros()]
+
+        def run_train():
+            model.train()
+            h = state[0]
+            h = tuple(s.detach() for s in h) if isinstance(h, tuple) else h.detach()  # repackage_hidden
+            model.zero_grad()
+            output, state[0] = model(ids_t, h)
+            criterion(output, targets_t).backward()
+            if e["clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), e["clip"])
+            if adam is not None:
+                adam.step()
+            else:
+                for p in model.parameters():
+                    p.data.add_(p.grad, alpha=-e["lr"])
+
+        def run_forward():
+            model.eval()
+            with torch.no_grad():
+                model(ids_t, zeros())
+
+        return {"forward": (run_forward, 0.0, None), "train": (run_train, 0.0, None)}
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from flaxseq.losses import cross_entropy
+
+    model = flax_rnn_model(row)
+    ids_j, targets_j = jnp.asarray(ids), jnp.asarray(targets)
+    h = jnp.zeros((layers, batch, hidden), jnp.float32)
+    h0 = (h, jnp.zeros_like(h)) if e["cell"] == "LSTM" else h  # distinct buffers: the step donates them
+    params = model.init(jax.random.key(0), ids_j, h0, False)["params"]
+    if e["optimizer"] == "adam":
+        tx = optax.adam(e["lr"])
+    else:
+        tx = optax.sgd(e["lr"])
+    if e["clip"]:
+        tx = optax.chain(optax.clip_by_global_norm(e["clip"]), tx)
+
+    def train_step(state, ids, targets):
+        params, opt_state, hidden, key = state
+        key, dropout_key = jax.random.split(key)
+
+        def loss_fn(p):
+            logits, hidden_out = model.apply({"params": p}, ids, hidden, True, rngs={"dropout": dropout_key})
+            return cross_entropy(logits, targets), hidden_out
+
+        (loss, hidden), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, hidden, key), loss
+
+    def forward(params, ids):
+        return model.apply({"params": params}, ids, h0, False)
+
+    def timed_compile(fn, *example):
+        start = time.perf_counter()
+        compiled = fn.lower(*example).compile(compiler_options=xla_options or None)
+        return compiled, time.perf_counter() - start, _jax_memory(compiled)
+
+    state = [(params, tx.init(params), h0, jax.random.key(1))]
+    step, step_compile, step_mem = timed_compile(jax.jit(train_step, donate_argnums=0), state[0], ids_j, targets_j)
+    fwd_params = jax.tree.map(lambda a: a.copy(), params)  # the step donates its own
+    fwd, fwd_compile, fwd_mem = timed_compile(jax.jit(forward), fwd_params, ids_j)
+
+    def run_train():
+        state[0], loss = step(state[0], ids_j, targets_j)
+        loss.block_until_ready()
+
+    def run_forward():
+        jax.block_until_ready(fwd(fwd_params, ids_j))
+
+    return {"forward": (run_forward, fwd_compile, fwd_mem), "train": (run_train, step_compile, step_mem)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,8 +552,8 @@ def _rss(field_name: str) -> int:
     raise RuntimeError(f"no {field_name} in /proc/self/status")
 
 
-def _torch_memory_child(row: Row, dtype: str) -> None:
-    """Child side of `torch_memory_subprocess`: warm up, reset the RSS peak, run, report."""
+def _torch_memory_runners(row: Row, dtype: str) -> dict:
+    """PyTorch's runners of a layer or model row, built without JAX."""
     import torch
 
     torch.manual_seed(0)
@@ -390,6 +575,12 @@ def _torch_memory_child(row: Row, dtype: str) -> None:
             return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[0].reshape(-1))
 
     runners = torch_runners(module, torch_call, args, targets, loss, sync=lambda: None)
+    return runners
+
+
+def _torch_memory_child(row: Row, dtype: str) -> None:
+    """Child side of `torch_memory_subprocess`: warm up, reset the RSS peak, run, report."""
+    runners = lm_runners(row, "torch") if row.kind == "lm" else _torch_memory_runners(row, dtype)
     result = {}
     for name in PASSES:
         fn = runners[name][0]
@@ -401,6 +592,131 @@ def _torch_memory_child(row: Row, dtype: str) -> None:
         fn()
         result[name] = _rss("VmHWM") - base
     print(json.dumps(result))
+
+
+# --------------------------------------------------------------------------------------------
+# The step's matrix products: its FLOPs, and its floor (each product timed alone in JAX)
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+@dataclass(frozen=True)
+class Product:
+    """`count` matrix products `[m, k] x [k, n]`; `in_loop`: one per time step, inside the loop."""
+
+    m: int
+    k: int
+    n: int
+    count: int
+    in_loop: bool = False
+
+    @property
+    def flop(self) -> int:
+        return 2 * self.m * self.k * self.n * self.count
+
+
+def train_products(row: Row) -> list[Product] | None:
+    """The matrix products of the row's train step as flaxseq computes them (None where not
+    listed: the tutorial models, projections). Per layer and direction: the input projection
+    (one product per gate), the recurrent product of each step forward and backward, the two
+    weight gradients and the input's gradient (not for a layer row's first layer, whose input
+    needs none); the language models add the decoder's product and its two gradients."""
+    if row.proj_size or row.kind not in (*GATES, "lm"):
+        return None
+    lm = row.kind == "lm"
+    e = row.extra
+    cell, layers = (e["cell"], e["num_layers"]) if lm else (row.kind, row.num_layers)
+    hidden, size = (e["hidden_size"], e["embed_size"]) if lm else (row.hidden_size, row.input_size)
+    directions = 1 if lm or not row.bidirectional else 2
+    gates, rows = GATES[cell], row.time * row.batch
+    out = []
+    for layer in range(layers):
+        for _ in range(directions):
+            out += [
+                Product(rows, size, hidden, gates),  # x W_ih^T, per gate
+                Product(row.batch, hidden, gates * hidden, row.time, True),  # h W_hh^T
+                Product(row.batch, gates * hidden, hidden, row.time, True),  # dgh W_hh
+                Product(gates * hidden, rows, size, 1),  # dW_ih
+                Product(gates * hidden, rows, hidden, 1),  # dW_hh
+            ]
+            if lm or layer:
+                out.append(Product(rows, gates * hidden, size, 1))  # dx
+        size = directions * hidden
+    if lm:
+        vocab = e["vocab_size"]
+        out += [Product(rows, hidden, vocab, 1), Product(hidden, rows, vocab, 1), Product(rows, vocab, hidden, 1)]
+    return out
+
+
+def step_flop(row: Row) -> int | None:
+    """FLOPs of the row's train step in its matrix products (2 m k n each), or None."""
+    products = train_products(row)
+    return None if products is None else sum(p.flop for p in products)
+
+
+def _median_seconds(fn, calls: int = 7) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def product_seconds(product: Product) -> float:
+    """One product's time alone in JAX, float32: jitted on its own, or, in the loop, per step
+    of a `lax.scan` over `product.count` steps (as XLA runs a loop: each step on one core)."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.standard_normal((product.k, product.n)), jnp.float32)
+    if product.in_loop:
+        xs = jnp.asarray(rng.standard_normal((product.count, product.m, product.k)), jnp.float32)
+
+        @jax.jit
+        def loop(xs, w):
+            return jax.lax.scan(lambda c, x: (x @ w, None), jnp.zeros((product.m, product.n), xs.dtype), xs)[0]
+
+        return _median_seconds(lambda: loop(xs, w).block_until_ready()) / product.count
+    a = jnp.asarray(rng.standard_normal((product.m, product.k)), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    return _median_seconds(lambda: matmul(a, w).block_until_ready())
+
+
+def floor_ms(row: Row) -> dict | None:
+    """The row's floor: the sum over its train step's products of each one's time alone in JAX
+    (`product_seconds`), in ms, with the in-loop part; None where the products are not listed."""
+    products = train_products(row)
+    if products is None:
+        return None
+    seconds = {p: product_seconds(dataclasses.replace(p, count=p.count if p.in_loop else 1)) for p in set(products)}
+    total = sum(seconds[p] * p.count for p in products)
+    in_loop = sum(seconds[p] * p.count for p in products if p.in_loop)
+    return {"floor_ms": 1e3 * total, "in_loop_ms": 1e3 * in_loop, "gflop": step_flop(row) / 1e9}
+
+
+PEAK_SIZE = 2048
+
+
+def peak_gflop_per_s() -> dict:
+    """The machine's float32 matrix-product rate, `[n, n] x [n, n]` at `PEAK_SIZE`, in JAX and torch."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    n = PEAK_SIZE
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    aj, at = jnp.asarray(a), torch.from_numpy(a)
+    matmul = jax.jit(jnp.matmul)
+    flop = 2 * n**3
+    return {
+        "size": n,
+        "jax": flop / _median_seconds(lambda: matmul(aj, aj).block_until_ready()) / 1e9,
+        "torch": flop / _median_seconds(lambda: torch.mm(at, at)) / 1e9,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,17 +746,31 @@ def flax_lstm_stack(row: Row):
 
 def run_row(row: Row, args) -> dict:
     """Time one row; returns its record (see `main` for the fields)."""
-    import jax
     import torch
 
     torch_device = "cuda" if args.device == "gpu" else "cpu"
     sync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
     record = {"row": row.name, "config": dataclasses.asdict(row), "notes": [], "passes": {}}
-    w = build(row, args.dtype, torch_device)
-    torch_targets = w.torch_targets
-
     wanted = set(args.columns)
     columns = {}
+    if row.kind == "lm":
+        if args.device != "cpu" or args.dtype != "float32":
+            raise Skip("language-model rows run on the CPU in float32 only")
+        if "flaxseq" in wanted:
+            columns["flaxseq"] = lm_runners(row, "flaxseq", args.xla_options)
+        columns["torch"] = lm_runners(row, "torch")
+        if "torch.compile" in wanted:
+            record["notes"].append("torch.compile not timed on language-model rows")
+    else:
+        _layer_or_model_columns(row, args, columns, record, torch_device, sync)
+    return _time_row(row, args, columns, record, torch_device)
+
+
+def _layer_or_model_columns(row: Row, args, columns: dict, record: dict, torch_device: str, sync) -> None:
+    """The columns of a layer or tutorial-model row, converted from one seeded PyTorch module."""
+    w = build(row, args.dtype, torch_device)
+    torch_targets = w.torch_targets
+    wanted = set(args.columns)
     if "flaxseq" in wanted:
         columns["flaxseq"] = jax_runners(
             w.flax_apply, w.variables["params"], w.jax_args, w.targets, w.jax_loss, args.xla_options
@@ -473,6 +803,9 @@ def run_row(row: Row, args) -> dict:
     elif "torch.compile" in wanted:
         record["notes"].append(f"torch.compile skipped ({_COMPILE_STATE['disabled']})")
 
+
+def _time_row(row: Row, args, columns: dict, record: dict, torch_device: str) -> dict:
+    """Time the row's columns, pass by pass, into `record`."""
     torch_memory = {}
     if torch_device == "cpu" and args.memory:
         torch_memory = torch_memory_subprocess(row, args.dtype)
@@ -497,10 +830,11 @@ def run_row(row: Row, args) -> dict:
                 "tokens_per_s": row.tokens / median,
             }
         base = result["torch"]["median_ms"]
+        flop = step_flop(row) if name == "train" else None
         for col in result:
             result[col]["ratio"] = result[col]["median_ms"] / base
+            result[col]["gflop_per_s"] = None if flop is None else flop / result[col]["median_ms"] / 1e6
         record["passes"][name] = result
-    del jax
     return record
 
 
@@ -517,6 +851,10 @@ def _torch_cuda_memory(call) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _mb(nbytes) -> float | None:
     return None if nbytes is None else nbytes / 2**20
 
@@ -525,7 +863,7 @@ def format_table(records: list[dict]) -> str:
     """The terminal table: one line per row, pass and column."""
     lines = [
         f"{'row':<22} {'pass':<8} {'column':<14} {'median ms':>10} {'min':>9} {'max':>9} {'ratio':>6} "
-        f"{'compile s':>9} {'mem MB':>8} {'tokens/s':>10}"
+        f"{'compile s':>9} {'mem MB':>8} {'tokens/s':>10} {'GFLOP/s':>8}"
     ]
     for record in records:
         if not record["passes"]:
@@ -537,7 +875,7 @@ def format_table(records: list[dict]) -> str:
                 lines.append(
                     f"{record['row']:<22} {name:<8} {col:<14} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} "
                     f"{r['max_ms']:>9.2f} {r['ratio']:>6.2f} {r['compile_s']:>9.2f} {mem:>8} "
-                    f"{r['tokens_per_s']:>10.0f}"
+                    f"{r['tokens_per_s']:>10.0f} {_rate(r.get('gflop_per_s')):>8}"
                 )
         for note in record["notes"]:
             lines.append(f"{'':<22} note: {note}")
@@ -572,12 +910,27 @@ def plot(records: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def processor() -> str:
+    """The CPU's model name and flags that matter here (`/proc/cpuinfo`), or the platform's word."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = set(info.get("flags", "").split())
+        wide = [f for f in ("avx2", "avx512f", "amx_tile") if f in flags]
+        return (f"{info['model name']} (family {info.get('cpu family')}, model {info.get('model')}; "
+                f"{os.cpu_count()} CPUs; {', '.join(wide) or 'no AVX2'})")
+    except (OSError, KeyError, ValueError):
+        return platform.processor() or platform.machine()
+
+
 def environment(device: str, malloc: str) -> dict:
     import jax
     import torch
 
     return {
         "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+        "processor": processor(),
         "cpus": os.cpu_count(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()], "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "device": device,
@@ -613,8 +966,14 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--gpu", dest="device", action="store_const", const="gpu", help="same as --device gpu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                   help="keep: malloc keeps freed memory for reuse (flaxseq.memory); default: glibc's settings")
+    p.add_argument("--malloc", choices=("plain", "keep", "both", "default"), default="plain",
+                   help="plain (or default): glibc's settings, as a user's process has them; keep: malloc "
+                        "keeps freed memory for reuse (flaxseq.memory) in this process; both: plain, and "
+                        "each row again in a child process with keep, as extra columns")
+    p.add_argument("--floor", action="store_true", help="each train row's floor (its products timed alone)")
+    p.add_argument("--no-peak", dest="peak", action="store_false",
+                   help="skip the machine's 2048^3 product rate (GFLOP/s columns are still given)")
+    p.add_argument("--_row", dest="row_json", help=argparse.SUPPRESS)
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every row's timing budget")
     p.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS),
                    help="what to time besides PyTorch eager (default: all that apply to the row)")
@@ -667,6 +1026,8 @@ def check_xla_options(options: dict) -> None:
 
 
 def select_rows(args) -> list[Row]:
+    if args.row_json:  # a child of --malloc both: the parent's row as it is
+        return [Row(**json.loads(args.row_json))]
     by_name = {r.name: r for r in ROWS}
     if args.rows:
         unknown = [n for n in args.rows if n not in by_name]
@@ -678,13 +1039,47 @@ def select_rows(args) -> list[Row]:
     return [dataclasses.replace(r, budget=r.budget * args.budget_scale) for r in rows]
 
 
+def _floor_note(floor: dict) -> str:
+    over = floor.get("flaxseq_over_floor")
+    return (f"floor {floor['floor_ms']:.1f} ms ({floor['in_loop_ms']:.1f} in loops), {floor['gflop']:.2f} GFLOP"
+            + ("" if over is None else f"; flaxseq at {over:.2f}x its floor"))
+
+
+def _add_keep_columns(row: Row, args, record: dict) -> None:
+    """Time `row` again in a child process with malloc keeping freed memory; its flaxseq and
+    torch columns join `record` as `flaxseq+keep` and `torch+keep`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "keep.json")
+        cmd = [sys.executable, "-m", "parity.bench", "--_row", json.dumps(dataclasses.asdict(row)),
+               "--malloc", "keep", "--columns", "flaxseq", "--no-memory", "--no-peak", "--json", out,
+               "--passes", *args.passes, "--dtype", args.dtype, "--device", args.device,
+               *(["--quick"] if args.quick else [])]
+        for name, value in args.xla_options.items():
+            cmd += ["--xla-option", f"{name}={value}"]
+        try:
+            subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
+            with open(out) as f:
+                child = json.load(f)["records"][0]
+        except Exception as e:  # a side column: say why it is missing, keep going
+            record["notes"].append(f"malloc keep columns: {type(e).__name__}: {str(e)[-200:]}")
+            return
+    for name, result in child["passes"].items():
+        for col in ("flaxseq", "torch"):
+            if col in result and name in record["passes"]:
+                record["passes"][name][f"{col}+keep"] = result[col]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.torch_memory:  # the memory child keeps glibc's settings (torch_memory_subprocess)
         _torch_memory_child({r.name: r for r in ROWS}[args.torch_memory], args.dtype)
         return 0
+    if args.malloc == "default":
+        args.malloc = "plain"
     if args.malloc == "keep" and not keep_freed_memory():
-        args.malloc = "default (no glibc malloc to set)"
+        args.malloc = "plain (no glibc malloc to set)"
     rows = select_rows(args)
     if args.list:
         for r in rows:
@@ -696,12 +1091,24 @@ def main(argv=None) -> int:
     env = environment(args.device, args.malloc)
     options = "".join(f", {k}={v}" for k, v in args.xla_options.items())
     print(f"# jax {env['jax']} ({env['jax_backend']}), torch {env['torch']} ({env['torch_threads']} threads), "
-          f"{args.dtype}, {env['cuda'] or env['machine']}, malloc {args.malloc}{options}", flush=True)
+          f"{args.dtype}, {env['cuda'] or env['processor']}, malloc {args.malloc}{options}", flush=True)
+    if args.peak and args.device == "cpu" and not args.row_json:
+        env["peak_gflop_per_s"] = peak = peak_gflop_per_s()
+        print(f"# float32 {peak['size']}^3 product: JAX {peak['jax']:.0f} GFLOP/s, torch {peak['torch']:.0f} GFLOP/s",
+              flush=True)
     records = []
     for row in rows:
         start = time.perf_counter()
         try:
             record = run_row(row, args)
+            if args.malloc == "both":
+                _add_keep_columns(row, args, record)
+            if args.floor and args.device == "cpu" and train_products(row) is not None:
+                record["floor"] = floor_ms(row)
+                train = record["passes"].get("train", {})
+                if "flaxseq" in train:
+                    record["floor"]["flaxseq_over_floor"] = train["flaxseq"]["median_ms"] / record["floor"]["floor_ms"]
+                record["notes"].append(_floor_note(record["floor"]))
         except Skip as e:
             record = {"row": row.name, "config": dataclasses.asdict(row), "notes": [str(e)], "passes": {}}
         records.append(record)

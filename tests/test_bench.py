@@ -16,7 +16,7 @@ TINY = dict(batch=2, time=3, input_size=4, hidden_size=6, budget=0.01)
 def tiny(row: bench.Row) -> bench.Row:
     sizes = {**TINY, "proj_size": 3 if row.proj_size else 0}
     if row.extra:
-        extra = {k: min(v, 7) for k, v in row.extra.items()}
+        extra = {k: min(v, 7) if isinstance(v, int) else v for k, v in row.extra.items()}
         extra["hidden_size"] = extra["embed_size"] = 6
         sizes["extra"] = extra
         sizes.pop("input_size")
@@ -26,6 +26,7 @@ def tiny(row: bench.Row) -> bench.Row:
 @pytest.fixture
 def tiny_rows(monkeypatch):
     monkeypatch.setattr(bench, "ROWS", [tiny(r) for r in bench.ROWS])
+    monkeypatch.setattr(bench, "PEAK_SIZE", 64)
     return [r.name for r in bench.ROWS]
 
 
@@ -48,7 +49,40 @@ def test_every_row_runs(tiny_rows, tmp_path):
             for r in result.values():
                 assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["rounds"] >= 3
             assert result["flaxseq"]["memory_mb"] is not None
+        train = record["passes"]["train"]
+        listed = bench.train_products(bench.Row(**record["config"])) is not None
+        assert all((r["gflop_per_s"] is not None) == listed for r in train.values()), record["row"]
     assert png.stat().st_size > 0
+    assert json.loads(out.read_text())["environment"]["peak_gflop_per_s"]["jax"] > 0
+
+
+def test_language_model_rows_as_users_write_them():
+    by_name = {r.name: r for r in bench.ROWS}
+    for name in ("word-lm-lstm", "word-lm-gru", "char-lm-lstm"):
+        assert by_name[name].kind == "lm"
+    word = by_name["word-lm-lstm"]
+    assert (word.time, word.batch) == (35, 20)  # time-major 35 x 20, the example's bptt and batch
+    torch = pytest.importorskip("torch")
+    model = bench.torch_rnn_model(word, torch)
+    assert sum(p.numel() for p in model.parameters()) == 4_653_200
+    params = bench.flax_rnn_model(tiny(word))
+    assert params is not None
+    flop = bench.step_flop(by_name["classifier-lstm"])
+    assert abs(flop / 1e9 - 21.8) < 0.1  # 22.6 GFLOP less the first layer's unneeded input gradient
+
+
+def test_keep_malloc_columns_and_floor(tiny_rows, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--rows", "word-lm-lstm", "--passes", "train", "--malloc", "both", "--floor", "--no-memory",
+            "--no-torch-compile", "--json", str(out)]
+    assert bench.main(argv) == 0
+    run = json.loads(out.read_text())
+    record = run["records"][0]
+    assert run["args"]["malloc"] == "both"
+    assert {"flaxseq", "torch", "flaxseq+keep", "torch+keep"} <= set(record["passes"]["train"]), record["notes"]
+    floor = record["floor"]
+    assert 0 < floor["in_loop_ms"] < floor["floor_ms"] and floor["flaxseq_over_floor"] > 0
+    assert any(n.startswith("floor ") for n in record["notes"])
 
 
 def test_torch_compile_column_or_note(tiny_rows, tmp_path):
