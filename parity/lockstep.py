@@ -1,20 +1,30 @@
-"""Lockstep training: the tutorial's PyTorch loop and flaxseq's train step, side by side.
+"""Lockstep training: a PyTorch module and its flaxseq twin trained side by side.
 
+`LockstepCase`: the tutorial's PyTorch loop and flaxseq's train step for the `TextClassifier`.
 Both start from the same (converted) weights and see the same batches, with dropout off,
 PyTorch's clipping rule (`flaxseq.optim.clip_grad_norm_torch`) and Adam on both sides; the
 per-step losses and the final parameters are compared.
+
+`lockstep`: any (PyTorch module, twin) pair, SGD or Adam, optionally in training mode with the
+same dropout masks on both sides at every step (`parity.dropout`, as `compare(train=True)`).
 """
 
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import torch
 
+import parity.nnx as parity_nnx
 import torch_ref
-from flaxseq.optim import adam_with_clipping
+from flaxseq.optim import adam_with_clipping, clip_grad_norm_torch
 from flaxseq.tasks import classify
 from flaxseq.train import Trainer
+from parity import dropout
 from parity.compare import Report, tensor_diff
 from parity.convert import from_torch, to_state_dict, torch_dtype
 from torch_ref.train import train_text_classifier
@@ -76,4 +86,122 @@ def run_lockstep(case: LockstepCase, seed: int = 0) -> Report:
     final = to_state_dict(flax_model, {"params": state.params})
     for name, value in torch_model.state_dict().items():
         report.gradients.append(tensor_diff(f"final {name}", final[name], value.numpy()))
+    return report
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _optimizers(name: str, lr: float, max_grad_norm: float | None, torch_params):
+    """PyTorch's optimizer and its optax twin (PyTorch's Adam defaults), clipping first."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    if name == "sgd":
+        tx, opt = optax.sgd(lr), torch.optim.SGD(torch_params, lr=lr)
+    else:
+        tx, opt = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), torch.optim.Adam(torch_params, lr=lr)
+    if max_grad_norm is not None:
+        tx = optax.chain(clip_grad_norm_torch(max_grad_norm), tx)
+    return tx, opt
+
+
+def _to_torch(tree):
+    return jax.tree.map(lambda a: torch.from_numpy(np.array(a)) if isinstance(a, np.ndarray | jax.Array) else a, tree)
+
+
+def lockstep(
+    torch_module: torch.nn.Module,
+    flax_module,
+    variables: Mapping | None,
+    batches: Sequence[tuple[tuple, object]],
+    *,
+    torch_loss: Callable,
+    flax_loss: Callable,
+    lr: float,
+    optimizer: str = "sgd",
+    max_grad_norm: float | None = None,
+    train: bool = True,
+    seed: int = 0,
+    kwargs: Mapping | None = None,
+    torch_call: Callable | None = None,
+    rename: Mapping[str, str] | None = None,
+) -> Report:
+    """Train `torch_module` and its twin for one step per batch; compare the step losses and
+    the final parameters.
+
+    Args:
+      torch_module, flax_module, variables: the twins, with the same weights; `flax_module` a
+        linen module with its `variables`, or a `flaxseq.nnx` module with `variables` None.
+        Neither is changed: flaxseq's parameters are trained as a copy, PyTorch's module in place.
+      batches: `(args, targets)` per step: `args` the positional inputs as numpy arrays (as
+        `compare` takes them), `targets` any pytree of numpy arrays for the losses.
+      torch_loss, flax_loss: `(outputs, targets) -> scalar`, each in its framework (`targets` as
+        torch tensors, or JAX arrays).
+      lr, optimizer: `'sgd'` (`torch.optim.SGD`, `optax.sgd`) or `'adam'` (`torch.optim.Adam`,
+        `optax.adam` with PyTorch's defaults), at learning rate `lr`.
+      max_grad_norm: clip first, by PyTorch's rule (`torch.nn.utils.clip_grad_norm_`,
+        `flaxseq.optim.clip_grad_norm_torch`); None: no clipping.
+      train: training mode, with the same dropout masks on both sides (`parity.dropout`), drawn
+        afresh at every step from `seed` and the step; False: evaluation mode.
+      kwargs: keyword inputs given to both calls at every step (e.g. `lengths`).
+      torch_call: `(module, *args, **kwargs) -> outputs`; default `module(*args, **kwargs)`.
+      rename: flaxseq's dropout site name -> PyTorch's module name, where the two differ.
+
+    Returns a `Report`: `outputs` holds the step losses, `gradients` the final parameters
+    (`final {name}`, PyTorch's names), under `LOCKSTEP_TOLERANCES`. Dropout sites that differ
+    raise `ValueError` as in `compare(train=True)`.
+
+    >>> report = lockstep(torch_lm, flax_lm, variables, [((ids, ), targets)] * 3, torch_loss=...,
+    ...                   flax_loss=..., lr=0.1)
+    """
+    kwargs = dict(kwargs or {})
+    torch_call = torch_call or (lambda module, *a, **k: module(*a, **k))
+    side = dropout.FlaxSide(flax_module, variables, train=train, seed=seed, rename=rename)
+    params, state = side.variables["params"], side.state
+    tx, opt = _optimizers(optimizer, lr, max_grad_norm, torch_module.parameters())
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, state, base, args, targets):
+        def loss_of(params):
+            outputs, new_state, masks = side.apply(params, state, base, *args, **kwargs)
+            return flax_loss(outputs, targets), (new_state, masks)
+
+        (loss, (state, masks)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, state, loss, masks
+
+    torch_module.train(train)
+    flax_losses, torch_losses, problems = [], [], []
+    for index, (args, targets) in enumerate(batches):
+        base = dropout.base_key(seed, index)
+        layer_keys = side.layer_keys(base, state) if train else None
+        jax_args = jax.tree.map(jnp.asarray, args)
+        params, opt_state, state, loss, masks = step(params, opt_state, state, base, jax_args, targets)
+        flax_losses.append(float(loss))
+
+        opt.zero_grad()
+        masked = dropout.torch_side(torch_module, base, layer_keys, side.log, masks) if train else (
+            contextlib.nullcontext())
+        with masked as torch_log:
+            outputs = torch_call(torch_module, *_to_torch(tuple(args)), **_to_torch(kwargs))
+        loss = torch_loss(outputs, _to_torch(targets))
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(torch_module.parameters(), max_grad_norm)
+        opt.step()
+        torch_losses.append(loss.item())
+        if train:
+            found = dropout.check_sites(side.log, torch_log, torch_module)
+            problems += [f"step {index}: {p}" for p in found]
+
+    dtype = np.dtype(jax.tree.leaves(params)[0].dtype)
+    report = Report(dtype=dtype, limits=(LOCKSTEP_TOLERANCES[dtype], None), train=train, problems=problems,
+                    dropout_sites=side.log.summary() if train else [])
+    report.outputs.append(tensor_diff("step losses", flax_losses, torch_losses))
+    final = parity_nnx.state_dict_of(params) if side.is_nnx else to_state_dict(flax_module, {"params": params})
+    for name, value in torch_module.named_parameters():  # tied weights: once, under their first name
+        if name not in final:
+            raise ValueError(f"flaxseq's twin has no parameter {name}")
+        report.gradients.append(tensor_diff(f"final {name}", final[name], value.detach().numpy()))
     return report

@@ -18,6 +18,7 @@ import flaxseq.stack
 import parity
 from flaxseq.basic import Embedding, Linear
 from parity.convert import torch_name
+from parity.lockstep import lockstep
 
 VOCAB, EMBED, HIDDEN, TIME, BATCH = 11, 5, 4, 6, 3
 
@@ -274,3 +275,36 @@ def test_site_mismatch_is_an_error():
     # renaming flaxseq's site leaves only the missing one
     with pytest.raises(ValueError, match=r"sites differ:\n  dropout site 'extra' only in PyTorch[^\n]*$"):
         parity.compare(torch_module, Twin(), variables, (x,), train=True, rename={"Dropout_0": "drop"})
+
+
+# --- lockstep training with dropout ------------------------------------------------------
+
+
+def _torch_lm_loss(outputs, targets):
+    return torch.nn.functional.cross_entropy(outputs[0].reshape(-1, VOCAB), targets.reshape(-1))
+
+
+def _flax_lm_loss(outputs, targets):
+    logits = outputs[0].reshape(-1, VOCAB)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets.reshape(-1, 1), axis=1))
+
+
+@pytest.mark.parametrize(("api", "optimizer"), [("linen", "sgd"), ("nnx", "adam")])
+def test_lockstep_with_dropout(api, optimizer):
+    """A word-level language model trained a few steps by both, new masks at every step."""
+    torch_module, flax_module, variables = twins(api)
+    rng = np.random.default_rng(2)
+    batches = [((rng.integers(0, VOCAB, (BATCH, TIME)),), rng.integers(0, VOCAB, (BATCH, TIME))) for _ in range(3)]
+    report = lockstep(
+        torch_module, flax_module, variables, batches, torch_loss=_torch_lm_loss, flax_loss=_flax_lm_loss,
+        lr=0.5 if optimizer == "sgd" else 0.01, optimizer=optimizer, max_grad_norm=0.25, seed=3,
+    )
+    assert report.passed, report.failures()
+    assert report.train and report.dropout_sites == ["drop: 2 calls", "rnn: 1 call, between layers"]
+    assert max(d.rel for d in report.outputs + report.gradients) <= 1e-10
+    assert len({d.name for d in report.gradients}) == len(list(torch_module.parameters()))
+    # the weights moved: the comparison is of training, not of the starting point
+    start = dict(twins(api)[0].named_parameters())
+    with torch.no_grad():
+        moved = max(float((p - start[n]).abs().max()) for n, p in torch_module.named_parameters())
+    assert moved > 1e-3
