@@ -3,7 +3,9 @@
 `LockstepCase`: the tutorial's PyTorch loop and flaxseq's train step for the `TextClassifier`.
 Both start from the same (converted) weights and see the same batches, with dropout off,
 PyTorch's clipping rule (`flaxseq.optim.clip_grad_norm_torch`) and Adam on both sides; the
-per-step losses and the final parameters are compared.
+per-step losses and the final parameters are compared. With `dropout > 0` the case trains in
+training mode through `lockstep` instead, by the same rule (Adam, cross-entropy, clipping at
+1), the masks shared.
 
 `lockstep`: any (PyTorch module, twin) pair, SGD or Adam, optionally in training mode with the
 same dropout masks on both sides at every step (`parity.dropout`, as `compare(train=True)`).
@@ -43,9 +45,12 @@ class LockstepCase:
     vocab_size: int = 30
     time: int = 12
     num_layers: int = 2
+    dropout: float = 0.0  # > 0: in training mode, the same dropout masks on both sides
 
     def label(self) -> str:
-        return f"lockstep TextClassifier L{self.num_layers} {self.steps} steps"
+        return f"lockstep TextClassifier L{self.num_layers} {self.steps} steps" + (
+            f" dropout {self.dropout}" if self.dropout else ""
+        )
 
     def run(self, seed: int = 0) -> Report:
         return run_lockstep(self, seed)
@@ -60,9 +65,15 @@ def run_lockstep(case: LockstepCase, seed: int = 0) -> Report:
     batches = [slice(k * case.batch_size, (k + 1) * case.batch_size) for k in range(case.steps)]
 
     torch.manual_seed(seed)
-    torch_model = torch_ref.TextClassifier(case.vocab_size, 6, 5, case.num_layers, 3, dropout=0.0)
+    torch_model = torch_ref.TextClassifier(case.vocab_size, 6, 5, case.num_layers, 3, dropout=case.dropout)
     torch_model = torch_model.to(torch_dtype(case.dtype))
     flax_model, variables = from_torch(torch_model)
+    if case.dropout:  # the tutorial's forward (no lengths), its loss, Adam and clipping
+        return lockstep(
+            torch_model, flax_model, variables, [((ids[s],), labels[s]) for s in batches],
+            torch_loss=torch.nn.CrossEntropyLoss(), flax_loss=_cross_entropy, lr=1e-3, optimizer="adam",
+            max_grad_norm=1.0, seed=seed, rename={"Dropout_0": "dropout"},  # flaxseq's one nn.Dropout
+        )
 
     loader = [(torch.from_numpy(ids[s]), torch.from_numpy(labels[s])) for s in batches]
     _, torch_losses = train_text_classifier(torch_model, loader, epochs=1, lr=1e-3, max_grad_norm=1.0)
@@ -90,6 +101,10 @@ def run_lockstep(case: LockstepCase, seed: int = 0) -> Report:
 
 
 OPTIMIZERS = ("sgd", "adam")
+
+
+def _cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _optimizers(name: str, lr: float, max_grad_norm: float | None, torch_params):

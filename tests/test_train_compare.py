@@ -18,7 +18,7 @@ import flaxseq.stack
 import parity
 from flaxseq.basic import Embedding, Linear
 from parity.convert import torch_name
-from parity.lockstep import lockstep
+from parity.lockstep import LockstepCase, lockstep
 
 VOCAB, EMBED, HIDDEN, TIME, BATCH = 11, 5, 4, 6, 3
 
@@ -296,3 +296,13 @@ def test_lockstep_with_dropout(api, optimizer):
     with torch.no_grad():
         moved = max(float((p - start[n]).abs().max()) for n, p in torch_module.named_parameters())
     assert moved > 1e-3
+
+
+def test_text_classifier_lockstep_with_dropout():
+    """The tutorial's classifier in training mode: its one dropout module called twice (flaxseq's
+    `Dropout_0` is PyTorch's `dropout`), the bidirectional LSTM's dropout between layers."""
+    case = LockstepCase("float64", steps=4, dropout=0.5)
+    report = case.run(seed=1)
+    assert report.passed, report.failures()
+    assert report.dropout_sites == ["dropout: 2 calls", "lstm: 1 call, between layers"]
+    assert "dropout 0.5" in case.label()
