@@ -419,22 +419,21 @@ def torch_side(module: torch.nn.Module, base, layer_keys, flax_log: Log, masks: 
     `layer_keys(site)(call, layer)`, `FlaxSide.layer_keys`'s). Yields the log of the calls.
     Other dropout modules (`Dropout1d`, `AlphaDropout`, ...) are refused."""
     recorder = _TorchRecorder(base, layer_keys, flax_log, masks)
-    patched = []
+    forwards = {}
     for site, sub in module.named_modules():
         if isinstance(sub, torch.nn.Dropout):
-            forward = lambda input, site=site, sub=sub: recorder.dropout(site, sub, input)  # noqa: E731
+            forwards[sub] = lambda input, site=site, sub=sub: recorder.dropout(site, sub, input)
         elif isinstance(sub, torch.nn.RNNBase) and sub.num_layers > 1 and sub.dropout > 0 and sub.training:
-            forward = lambda input, hx=None, site=site, sub=sub: recorder.layers(site, sub, input, hx)  # noqa: E731
+            forwards[sub] = lambda input, hx=None, site=site, sub=sub: recorder.layers(site, sub, input, hx)
         elif isinstance(sub, torch.nn.modules.dropout._DropoutNd) and sub.training:
-            raise ValueError(f"'{site}': {type(sub).__name__} has no flaxseq twin in a training comparison")
-        else:
-            continue
-        patched.append(sub)
+            raise ValueError(f"'{site}': {type(sub).__name__} has no flaxseq twin in a training comparison "
+                             "(torch.nn.Dropout has: flax's Dropout)")
+    for sub, forward in forwards.items():  # on the instances, so the parameters keep their names
         sub.forward = forward
     try:
         yield recorder.log
     finally:
-        for sub in patched:
+        for sub in forwards:
             del sub.forward
 
 
@@ -474,8 +473,9 @@ def check_sites(flax_log: Log, torch_log: Log, torch_module: torch.nn.Module) ->
         elif site not in torch_names and any(c.drops for c in calls):
             errors.append(f"recurrent layer '{site}' only in flaxseq (drops between layers, rate {calls[0].rate})")
         elif any(c.drops for c in calls):
+            theirs = getattr(torch_names[site], "dropout", None)
             problems.append(f"recurrent layer '{site}': drops between layers in flaxseq only "
-                            f"(flaxseq rate {calls[0].rate}, PyTorch's dropout {torch_names[site].dropout})")
+                            f"(flaxseq rate {calls[0].rate}, PyTorch's dropout {theirs})")
     pair("recurrent layer", flax_layers, torch_log.layers)
     if errors:
         raise ValueError("dropout sites differ:\n  " + "\n  ".join(errors))

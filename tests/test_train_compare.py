@@ -2,6 +2,8 @@
 dropout masks on both sides, flaxseq's dropout between recurrent layers checked against
 PyTorch's layer-by-layer equivalent, and comparisons that must fail."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -263,6 +265,45 @@ def test_site_mismatch_is_an_error():
     # renaming flaxseq's site leaves only the missing one
     with pytest.raises(ValueError, match=r"sites differ:\n  dropout site 'extra' only in PyTorch[^\n]*$"):
         parity.compare(torch_module, Twin(), variables, (x,), train=True, rename={"Dropout_0": "drop"})
+
+
+class _TinyTorch(torch.nn.Module):
+    def __init__(self, drop, calls=1):
+        super().__init__()
+        self.fc, self.drop, self.calls = torch.nn.Linear(3, 3), drop, calls
+
+    def forward(self, x):
+        for _ in range(self.calls):
+            x = self.drop(x)
+        return self.fc(x)
+
+
+class _TinyTwin(nn.Module):
+    calls: int = 1
+    broadcast_dims: tuple = ()
+
+    @nn.compact
+    def __call__(self, x, deterministic=True):
+        drop = nn.Dropout(0.5, broadcast_dims=self.broadcast_dims, name="drop")
+        for _ in range(self.calls):
+            x = drop(x, deterministic)
+        return Linear(3, param_dtype=jnp.float64, name="fc")(x)
+
+
+@pytest.mark.parametrize(("torch_module", "twin", "message"), [
+    (_TinyTorch(torch.nn.Dropout(0.5), calls=2), _TinyTwin(),
+     "dropout site 'drop': PyTorch calls it 2 times, flaxseq 1"),
+    (_TinyTorch(torch.nn.Dropout2d(0.5)), _TinyTwin(),
+     "'drop': Dropout2d has no flaxseq twin in a training comparison"),
+    (_TinyTorch(torch.nn.Dropout(0.5)), _TinyTwin(broadcast_dims=(0,)),
+     "dropout site 'drop': broadcast_dims (0,) has no PyTorch twin"),
+], ids=["calls", "Dropout2d", "broadcast_dims"])
+def test_unmatched_dropout_messages(torch_module, twin, message):
+    torch_module = torch_module.double()
+    variables = {"params": {"fc": {"kernel": jnp.asarray(torch_module.fc.weight.detach().numpy().T),
+                                   "bias": jnp.asarray(torch_module.fc.bias.detach().numpy())}}}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parity.compare(torch_module, twin, variables, (np.ones((2, 3)),), train=True)
 
 
 # --- lockstep training with dropout ------------------------------------------------------
