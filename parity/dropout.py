@@ -8,8 +8,8 @@ path `encoder/drop`, by the project's convention):
   module), subclasses included, on flaxseq's. Each is replaced for the comparison by one that
   multiplies its input by `keep / (1 - p)`, `keep = keep_mask(site_key(base, site, call), p,
   shape)`, as both frameworks scale: one mask per call in call order, drawn with the shape the
-  call sees. A deterministic call (flax's `deterministic=True`, a PyTorch
-  module in `eval()`) is the identity and still counts as a call.
+  call sees (a key or rng given to the call is not used). A deterministic call (flax's
+  `deterministic=True`, a PyTorch module in `eval()`) is the identity and still counts as a call.
 - A multi-layer `torch.nn.RNN/LSTM/GRU` with `dropout > 0`, against a flaxseq recurrent layer
   (`flaxseq.RNNBase` and its kin, linen or NNX). flaxseq runs its own dropout between layers
   (`flaxseq.stack.dropout`) from its keys; PyTorch's module is run as its layer-by-layer
@@ -17,7 +17,8 @@ path `encoder/drop`, by the project's convention):
   (`jax.random.bernoulli(key, 1 - p, [time, batch, features])`, scaled by `1 / (1 - p)`) applied
   between them, packed sequences included. This checks where flaxseq drops, how it scales, and
   that it does not drop after the last layer. linen's keys (from `flaxseq.layers._DropoutKey`)
-  are replaced by `site_key(base, site, call, layer)`; an NNX layer draws its keys from its own
+  are replaced by `site_key(base, site, call, layer)`, counted in the order the layer asks for
+  them; an NNX layer draws its keys from its own
   stream, reseeded on the comparison's copy from `seed` and the site (so the masks depend on the
   seed alone), read from a copy of that stream.
 

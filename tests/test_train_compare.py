@@ -318,7 +318,7 @@ def _flax_lm_loss(outputs, targets):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets.reshape(-1, 1), axis=1))
 
 
-@pytest.mark.parametrize(("api", "optimizer"), [("linen", "sgd"), ("nnx", "adam")])
+@pytest.mark.parametrize(("api", "optimizer"), [("nnx", "sgd")])  # linen and Adam: the TextClassifier's
 def test_lockstep_with_dropout(api, optimizer):
     """A word-level language model trained a few steps by both, new masks at every step."""
     torch_module, flax_module, variables = twins(api)
