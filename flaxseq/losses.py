@@ -97,18 +97,17 @@ def _losses(logits, targets, ignore_index, smoothing):
     return _losses_fwd(logits, targets, ignore_index, smoothing)[0]
 
 
-def _logsumexp(logits):
-    """`log sum_c exp(x_c)` per row, `[N, C] -> [N]`, shifted by the row's maximum (a finite one)."""
-    peak = jnp.max(logits, axis=-1)
-    peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, jnp.zeros_like(peak)))
-    return peak + jnp.log(jnp.sum(jnp.exp(logits - peak[:, None]), axis=-1))
-
-
 def _losses_fwd(logits, targets, ignore_index, smoothing):
     classes = logits.shape[-1]
     valid = targets != ignore_index
     in_range = (targets >= 0) & (targets < classes)
-    lse = _logsumexp(logits)  # [N]
+    peak = jnp.max(logits, axis=-1)  # [N], the shift that keeps exp finite
+    peak = jnp.where(jnp.isfinite(peak), peak, jnp.zeros_like(peak))
+    # exp(x - peak) is kept for the gradient: one element-wise pass that XLA splits over the
+    # cores, instead of computing it again inside the gradient (docs/performance.md, finding 28)
+    shifted = jnp.exp(logits - peak[:, None])  # [N, C]
+    total = jnp.sum(shifted, axis=-1)  # [N]
+    lse = peak + jnp.log(total)
     index = jnp.where(in_range, targets, 0)[:, None]
     picked = jnp.take_along_axis(logits, index, axis=-1)[:, 0]  # [N]: x[t]
     picked = jnp.where(in_range, picked, jnp.nan)  # an unchecked target out of range gives NaN
@@ -116,19 +115,19 @@ def _losses_fwd(logits, targets, ignore_index, smoothing):
     if smoothing:
         loss = (1.0 - smoothing) * loss + smoothing * (lse - jnp.mean(logits, axis=-1))
     loss = jnp.where(valid, loss, jnp.zeros_like(loss))
-    return loss, (logits, targets, lse)
+    return loss, (shifted, total, targets)
 
 
 def _losses_bwd(ignore_index, smoothing, residuals, d_loss):
     # d loss / d x_c = softmax(x)_c - (1 - e) [c == t] - e / C, per row scaled by its cotangent
-    logits, targets, lse = residuals
-    classes = logits.shape[-1]
+    shifted, total, targets = residuals
+    classes = shifted.shape[-1]
     valid = targets != ignore_index
     in_range = (targets >= 0) & (targets < classes)
     scale = jnp.where(valid, d_loss, jnp.zeros_like(d_loss))
     scale = jnp.where(valid & ~in_range, jnp.nan, scale)[:, None]  # [N, 1]
     onehot = jnp.arange(classes)[None, :] == targets[:, None]  # fused with its use, never stored
-    grad = jnp.exp(logits - lse[:, None]) - jnp.where(onehot, 1.0 - smoothing, 0.0).astype(logits.dtype)
+    grad = shifted / total[:, None] - jnp.where(onehot, 1.0 - smoothing, 0.0).astype(shifted.dtype)
     if smoothing:
         grad = grad - smoothing / classes
     return grad * scale, None
