@@ -1,7 +1,10 @@
 """`python -m parity.bench`: flaxseq against PyTorch, same shapes, weights and dtype, in one process.
 
-Every row converts a seeded PyTorch module with `parity.from_torch` and times, interleaved in
-rounds so that both frameworks see the same machine load:
+Every layer and tutorial-model row converts a seeded PyTorch module with `parity.from_torch`;
+the language-model rows (`lm_runners`) build each framework's model as its users write it
+(PyTorch's word_language_model `RNNModel` and train step; flaxseq's parts in a user's linen
+module and `jax.jit` step). Both are timed interleaved in rounds so that both frameworks see
+the same machine load:
 
 - forward: flaxseq jitted (after compilation) against PyTorch eager under `no_grad`;
 - train: one full training step, forward, backward and Adam update (optax `adam` against
@@ -16,7 +19,7 @@ compiled step's `memory_analysis()` (temporaries plus outputs not aliased to inp
 on CPU the rise of a subprocess's peak RSS over its resident size before the call, on GPU the
 allocator's peak over its allocation before the call.
 
-    python -m parity.bench              # every row, about 10 minutes on 2 CPU cores
+    python -m parity.bench              # every row, about 12 minutes on 2 CPU cores
     python -m parity.bench --quick      # the quick rows, about 1 minute
     python -m parity.bench --rows classifier-lstm --passes train --json out.json --png out.png
     python -m parity.bench --device gpu # JAX's GPU backend and torch on CUDA, TF32 off on both
@@ -1083,8 +1086,9 @@ def main(argv=None) -> int:
     rows = select_rows(args)
     if args.list:
         for r in rows:
-            print(f"{r.name:<22} {r.kind:<10} batch {r.batch:<4} time {r.time:<5} "
-                  f"hidden {r.hidden_size:<4} layers {r.num_layers} bi {r.bidirectional} proj {r.proj_size}")
+            sizes = (f"hidden {r.hidden_size:<4} layers {r.num_layers} bi {r.bidirectional} proj {r.proj_size}"
+                     if not r.extra else " ".join(f"{k} {v}" for k, v in r.extra.items()))
+            print(f"{r.name:<22} {r.kind:<10} batch {r.batch:<4} time {r.time:<5} {sizes}")
         return 0
     configure(args.device, args.dtype)
     check_xla_options(args.xla_options)
