@@ -2,7 +2,7 @@
 
 import importlib.metadata as _metadata
 
-from flaxseq import kinds
+from flaxseq import basic, kinds, losses, optim
 from flaxseq.attention import Attention, AttnDecoder, Seq2SeqAttention
 from flaxseq.cell_scan import CellScan
 from flaxseq.cells import GRUCell, LSTMCell, RNNCell, RNNCellBase
@@ -15,7 +15,7 @@ from flaxseq.tagger import GRUTagger
 from flaxseq.torch_file import load_torch_state_dict
 
 __all__ = ["CellKind", "GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNBase", "RNNCell", "RNNCellBase"]
-__all__ += ["CellScan", "StepGradient", "kinds"]
+__all__ += ["CellScan", "StepGradient", "basic", "kinds", "losses", "optim"]
 __all__ += ["BiLSTM", "GRUTagger", "LSTMClassifier", "ManualRNN", "ManualRNNCell", "PackedLSTM", "TextClassifier"]
 __all__ += ["Attention", "AttnDecoder", "Decoder", "Encoder", "Seq2Seq", "Seq2SeqAttention"]
 __all__ += ["load_torch_state_dict"]

@@ -154,11 +154,10 @@ def layer_grid() -> list[LayerCase]:
     return [c for c in cases if not (c.unbatched and (c.lengths or c.batch_first))]
 
 
-def covering_cases(strength: int = 3) -> list[LayerCase]:
-    """A subset of `layer_grid()` in which every combination of values of any `strength` axes
-    that the grid holds appears at least once (a greedy covering array; deterministic)."""
-    grid = layer_grid()
-    axes = list(LAYER_AXES)
+def covering(grid: list[LayerCase], axes, strength: int = 3) -> list[LayerCase]:
+    """A subset of `grid` in which every combination of values of any `strength` of `axes` that
+    the grid holds appears at least once (a greedy covering array; deterministic)."""
+    axes = list(axes)
 
     def tuples(case):
         values = [getattr(case, a) for a in axes]
@@ -174,14 +173,25 @@ def covering_cases(strength: int = 3) -> list[LayerCase]:
     return chosen
 
 
+def covering_cases(strength: int = 3) -> list[LayerCase]:
+    """A subset of `layer_grid()` covering every `strength`-way combination of its axes."""
+    return covering(layer_grid(), LAYER_AXES, strength)
+
+
+CELL_AXES = dict(
+    mode=CELL_MODES, bias=(True, False), hx=(False, True), unbatched=(False, True), dtype=("float64", "float32"),
+    api=("linen", "nnx"),
+)
+
+
 def cell_grid() -> list[LayerCase]:
     """The full product for the cells."""
-    return [
-        LayerCase(mode, bias=bias, hx=hx, unbatched=unbatched, dtype=dtype, api=api)
-        for mode, bias, hx, unbatched, dtype, api in itertools.product(
-            CELL_MODES, (True, False), (False, True), (False, True), ("float64", "float32"), ("linen", "nnx")
-        )
-    ]
+    return [LayerCase(**dict(zip(CELL_AXES, values, strict=True))) for values in itertools.product(*CELL_AXES.values())]
+
+
+def cell_covering_cases(strength: int = 3) -> list[LayerCase]:
+    """A subset of `cell_grid()` covering every `strength`-way combination of its axes."""
+    return covering(cell_grid(), CELL_AXES, strength)
 
 
 

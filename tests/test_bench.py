@@ -30,14 +30,23 @@ def tiny_rows(monkeypatch):
     return [r.name for r in bench.ROWS]
 
 
-def test_every_row_runs(tiny_rows, tmp_path):
+# one row of each code path: a layer with and without flax's own LSTM column, a projection, a
+# GRU, the three tutorial models, a language model as users write it; every row: -m slow
+PATHS = ["toy-lstm", "classifier-lstm-proj", "toy-gru", "model-classifier", "model-tagger", "model-seq2seq",
+         "word-lm-gru"]
+
+
+@pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["paths", "every"])
+def test_rows_run(tiny_rows, tmp_path, every):
     pytest.importorskip("matplotlib")
+    rows = tiny_rows if every else PATHS
+    assert set(PATHS) <= set(tiny_rows)
     out = tmp_path / "bench.json"
     png = tmp_path / "bench.png"
-    argv = ["--rows", *tiny_rows, "--no-torch-compile", "--no-memory", "--json", str(out), "--png", str(png)]
+    argv = ["--rows", *rows, "--no-torch-compile", "--no-memory", "--json", str(out), "--png", str(png)]
     assert bench.main(argv) == 0
     records = json.loads(out.read_text())["records"]
-    assert [r["row"] for r in records] == tiny_rows
+    assert [r["row"] for r in records] == rows
     for record in records:
         assert set(record["passes"]) == set(bench.PASSES), record["notes"]
         for result in record["passes"].values():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from parity.cases import cell_grid, covering_cases, layer_grid, representative_cases, run_case
+from parity.cases import cell_covering_cases, cell_grid, covering_cases, layer_grid, representative_cases, run_case
 
 
 def check(case):
@@ -21,14 +21,20 @@ def test_layer_covering(case):
     check(case)
 
 
+@pytest.mark.parametrize("case", cell_covering_cases(strength=3), ids=lambda c: f"{c.label()} {c.dtype}")
+def test_cell_covering(case):
+    check(case)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", cell_grid(), ids=lambda c: f"{c.label()} {c.dtype}")
-def test_cell(case):
+def test_cell_full_grid(case):
     check(case)
 
 
 def _report_params():
     """The report's cases; its NNX rows are in the slow set (the covering cases and cell grid
-    already run both front ends by default, and `python -m parity` runs them all)."""
+    (`cell_covering_cases`) already run both front ends by default, and `python -m parity` runs them all)."""
     return [
         pytest.param(c, marks=[pytest.mark.slow] if c.api == "nnx" else [], id=f"{c.label()} {c.dtype}")
         for c in representative_cases()

@@ -138,7 +138,7 @@ def test_trimmed_seq2seq_batches_give_the_untrimmed_loss_and_gradients():
         trg = np.where(np.arange(12) < trg_lengths[:, None], rng.integers(2, 8, (3, 12)), 0)
         batch = {"src": src, "src_lengths": src_lengths, "trg": trg, "weight": np.ones(3)}
         params = model.init(jax.random.key(0), src, trg, 1.0, src_lengths=src_lengths)["params"]
-        loss_fn = jax.value_and_grad(make_loss(model), has_aux=True)
+        loss_fn = jax.jit(jax.value_and_grad(make_loss(model), has_aux=True), static_argnums=2)
         (full, sums), full_grads = loss_fn(params, batch, None)
         trimmed = trim_time(batch, ("src", "trg"), 1)
         assert trimmed["src"].shape == (3, 6)
