@@ -124,14 +124,15 @@ class TiedLinear(nn.Module):
 
     embedding: Embedding
     use_bias: bool = True
-    bias_init: Callable = nn.initializers.zeros
+    bias_init: Callable | None = None  # None: zeros
 
     @nn.compact
     def __call__(self, x) -> jax.Array:
         y = self.embedding.attend(x)
         if not self.use_bias:
             return y
-        bias = self.param("bias", self.bias_init, (self.embedding.num_embeddings,), self.embedding.param_dtype)
+        bias = self.param("bias", self.bias_init or nn.initializers.zeros, (self.embedding.num_embeddings,),
+                          self.embedding.param_dtype)
         return y + jnp.asarray(bias, y.dtype)
 
 
