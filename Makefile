@@ -22,8 +22,8 @@ tag: $(INSTALLED)  # the tagger on UD English-EWT, passed explicitly (dev to tra
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
-test: lint docs  # the tests on every core (at most 4 workers), then the wheel outside the repository
-	$(PY) -m pytest -q -n auto --maxprocesses 4
+test: lint docs  # the tests on every core (at most 4 workers, idle ones take queued tests), then the wheel outside the repository
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 	$(MAKE) check-wheel
 
 docs: $(INSTALLED)  # the API reference from the docstrings, warnings as errors: open build/docs/index.html
