@@ -30,10 +30,10 @@ def tiny_rows(monkeypatch):
     return [r.name for r in bench.ROWS]
 
 
-# one row of each code path: a layer with and without flax's own LSTM column, a projection, a
-# GRU, the three tutorial models, a language model as users write it; every row: -m slow
-PATHS = ["toy-lstm", "classifier-lstm-proj", "toy-gru", "model-classifier", "model-tagger", "model-seq2seq",
-         "word-lm-gru"]
+# one row of each code path: a layer with and without flax's own LSTM column (a projection), a
+# tutorial model with and without teacher forcing, a language model as users write it (a GRU);
+# every row: -m slow
+PATHS = ["toy-lstm", "classifier-lstm-proj", "model-classifier", "model-seq2seq", "word-lm-gru"]
 
 
 @pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["paths", "every"])
