@@ -388,3 +388,25 @@ def test_a_file_that_is_not_a_state_dict(tmp_path):
         parity.from_state_dict(TiedLinen(), path, (np.zeros((1,), np.int32),))
     with pytest.raises(TypeError, match="state_dict must be a mapping of names to arrays or the path"):
         parity.from_state_dict(TiedLinen(), [1, 2], (np.zeros((1,), np.int32),))
+
+
+def test_flax_nnx_modules_inside_an_nnx_twin():
+    class FlaxNNXTwin(nnx.Module):  # flax's own NNX modules: kernel [in, out], embedding, scale
+        def __init__(self, rngs):
+            common = dict(rngs=rngs, param_dtype=jnp.float64, dtype=jnp.float64)
+            self.encoder = nnx.Embed(11, 6, **common)
+            self.norm = nnx.LayerNorm(6, epsilon=1e-5, use_fast_variance=False, **common)
+            self.rnn = fnnx.GRU(6, 5, 2, rngs=rngs, param_dtype=jnp.float64)
+            self.decoder = nnx.Linear(5, 11, **common)
+
+        def __call__(self, ids):
+            output, _ = self.rnn(self.norm(self.encoder(ids)))
+            return self.decoder(output)
+
+    model = _model()
+    ids = RNG.integers(0, 11, (7, 3))
+    twin = parity.from_state_dict(FlaxNNXTwin(nnx.Rngs(0)), model.state_dict())
+    np.testing.assert_allclose(twin(ids), model(torch.from_numpy(ids)).detach().numpy(), rtol=1e-12, atol=1e-13)
+    state_dict = parity.to_state_dict(twin)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(state_dict[key], value.numpy())
