@@ -8,7 +8,6 @@ to `weight` as they are. The twin of `torch.nn.Dropout(p)` is `flax.linen.Dropou
 """
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -178,16 +177,9 @@ class Sequential(nn.Module):
         for index, layer in enumerate(self.layers):
             if isinstance(layer, nn.Module):
                 layer = layer.clone(parent=self, name=str(index))
-            takes = _parameters(layer)
+            takes = checks.parameter_names(layer)
             x = layer(x, deterministic=deterministic) if "deterministic" in takes else layer(x)
         return x
-
-
-def _parameters(layer) -> set[str]:
-    try:
-        return set(inspect.signature(layer).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 class Identity(nn.Module):

@@ -37,11 +37,7 @@ class _Cell(nn.Module):
     def num_feature_axes(self) -> int:
         """Read by `flax.linen.RNN`, which calls a cell as `(carry, x) -> (carry, y)`; a flaxseq
         cell's call is PyTorch's `(input, hx) -> hx'`, so it is refused here, naming the adapter."""
-        raise TypeError(
-            f"{checks.class_name(self)} is a flaxseq cell, called as PyTorch's cell(input, hx) -> hx', not as "
-            "flax's cell(carry, x) -> (carry, y), so flax.linen.RNN cannot run it; run it over time with "
-            "flaxseq.CellScan(cell): outputs, final = CellScan(cell)(x, hx), x: [time, batch, features]"
-        )
+        raise checks.flax_rnn_refusal(self, "flax.linen.RNN", "flaxseq.CellScan")
 
     @nn.compact
     def __call__(self, input, hx=None):

@@ -5,6 +5,7 @@ Every check runs in Python, at construction or at trace time, so that a bad argu
 operation can fail with a less helpful message. Messages follow `torch/nn/modules/rnn.py`.
 """
 
+import inspect
 import numbers
 
 import jax
@@ -104,3 +105,21 @@ def check_lengths(lengths, batch_size: int, time_steps: int) -> jax.Array:
                 f"got {values.max()} in {values.tolist()}"
             )
     return jnp.asarray(lengths)
+
+
+def parameter_names(fn) -> set[str]:
+    """The names `fn`'s signature takes; empty where it has none to read (a builtin)."""
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def flax_rnn_refusal(cell, rnn: str, adapter: str) -> TypeError:
+    """The error for a flaxseq cell handed to flax's `rnn` (`flax.linen.RNN`, `flax.nnx.RNN`),
+    which calls a cell as `(carry, x) -> (carry, y)`, naming the `adapter` that scans it."""
+    return TypeError(
+        f"{class_name(cell)} is a flaxseq cell, called as PyTorch's cell(input, hx) -> hx', not as "
+        f"flax's cell(carry, x) -> (carry, y), so {rnn} cannot run it; run it over time with "
+        f"{adapter}(cell): outputs, final = CellScan(cell)(x, hx), x: [time, batch, features]"
+    )

@@ -32,7 +32,6 @@ forward, `jax.random` in a call) cannot be matched: it must not run in a trainin
 """
 
 import contextlib
-import inspect
 import types
 import zlib
 from collections.abc import Callable, Mapping
@@ -48,6 +47,7 @@ from flax import nnx
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import flaxseq.nnx
+from flaxseq import checks
 from flaxseq import layers as linen_layers
 
 
@@ -252,7 +252,7 @@ class FlaxSide:
             self.variables = {"params": nnx.to_pure_dict(params)}
         else:
             self.module, self.variables, self.state = module, dict(variables), None
-            takes = "deterministic" in _parameters(module.__call__)
+            takes = "deterministic" in checks.parameter_names(module.__call__)
             self.train_kwargs = {"deterministic": False} if train and takes else {}
 
     def apply(self, params, state, base, *args, **kwargs):
@@ -299,13 +299,6 @@ class FlaxSide:
                 return drawn[call * per_call + layer]
             return key
         return keys
-
-
-def _parameters(fn) -> set[str]:
-    try:
-        return set(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def _torch_rnn_twin(module: torch.nn.RNNBase, input_size: int) -> torch.nn.RNNBase:

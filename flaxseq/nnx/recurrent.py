@@ -182,11 +182,7 @@ class RNNCellBase(nnx.Module):
     def num_feature_axes(self) -> int:
         """Read by `flax.nnx.RNN`, which calls a cell as `(carry, x) -> (carry, y)`; a flaxseq
         cell's call is PyTorch's `(input, hx) -> hx'`, so it is refused here, naming the adapter."""
-        raise TypeError(
-            f"{checks.class_name(self)} is a flaxseq cell, called as PyTorch's cell(input, hx) -> hx', not as "
-            "flax's cell(carry, x) -> (carry, y), so flax.nnx.RNN cannot run it; run it over time with "
-            "flaxseq.nnx.CellScan(cell): outputs, final = CellScan(cell)(x, hx), x: [time, batch, features]"
-        )
+        raise checks.flax_rnn_refusal(self, "flax.nnx.RNN", "flaxseq.nnx.CellScan")
 
     def __call__(self, input, hx=None):
         weights = Weights(*(getattr(self, name)[...] if hasattr(self, name) else None for name in NAMES))
