@@ -9,7 +9,9 @@ The rules, with the measurements behind them in `docs/performance.md`:
 - The input projection `x_t W_ih^T` is one product per gate over all steps, before the loop,
   its bias added in the step; not differentiated, it is computed inside the loop step by step
   when the projection of all steps would take more than `PROJECTION_BUFFER_BYTES`.
-- Arrays the loop reads per step are kept per gate (`[time, batch, hidden]` each).
+- Arrays the loop reads per step are kept per gate (`[time, batch, hidden]` each). Saving for
+  the gradient, the loop writes each step's saved residuals over the per-gate parts it has just
+  read, where shapes and dtypes match (the LSTM's four gates, three of the GRU's four arrays).
 - The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop
   carries only the carry's gradient and emits each step's gate gradients; the weight gradients
   are one product each over all steps, in PyTorch's layout, and so is the input's. A step's
@@ -144,6 +146,10 @@ def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carr
         residuals = (carry, saved, u if w.w_hr is not None else ()) if save else ()
         return _select(m, new, carry), (y, residuals)
 
+    if save and all(isinstance(x, tuple) for x in xs):
+        plans = tuple(_buffer_plan(step_fn, kind, x, c) for x, c in zip(xs, carries, strict=True))
+        return _forward_in_place(direction_step, weights, projections, xs, carries, mask, plans)
+
     def step(carry, inputs):
         x_t, m = inputs  # per direction [batch, input] or per-gate parts [batch, hidden]; [batch] or None
         steps = [
@@ -154,6 +160,60 @@ def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carr
 
     finals, (ys, residuals) = jax.lax.scan(step, carries, (xs, mask))
     return ys, finals, residuals
+
+
+def _buffer_plan(step_fn, kind: CellKind, parts: tuple, carry):
+    """Which input part's buffer each of the step's saved residuals takes over.
+
+    `parts`: a direction's per-gate projections, `[time, batch, hidden]` each. Returns `(plan,
+    treedef)`: `plan` maps the index of a leaf of the step's saved residuals (`treedef`) to the
+    index of a part of the same shape and dtype, each part taken once."""
+    def spec(a):
+        return jax.ShapeDtypeStruct(a.shape, a.dtype)
+
+    part = jax.ShapeDtypeStruct(parts[0].shape[1:], parts[0].dtype)
+    _, saved = jax.eval_shape(step_fn, (part,) * kind.gates, (part,) * kind.gates, jax.tree.map(spec, carry))
+    leaves, treedef = jax.tree.flatten(saved)
+    free, plan = list(range(len(parts))), {}
+    for k, leaf in enumerate(leaves):
+        j = next((j for j in free if (parts[j].shape[1:], parts[j].dtype) == (leaf.shape, leaf.dtype)), None)
+        if j is not None:
+            plan[k] = j
+            free.remove(j)
+    return plan, treedef
+
+
+def _forward_in_place(direction_step, weights: tuple, projections: tuple, xs: tuple, carries: tuple, mask,
+                      plans: tuple):
+    """`_forward` saving residuals, each step's saved residuals written over the input parts it
+    has read (`_buffer_plan`): a part of step t is read only at step t, so its buffer takes the
+    residual of the same shape, and XLA neither fills nor copies an output buffer for it."""
+    time_steps = xs[0][0].shape[0]
+
+    def step(state, m):
+        carry, buffers, t = state
+        new_carries, new_buffers, outs = [], [], []
+        for w, projection, c, parts, (plan, _) in zip(weights, projections, carry, buffers, plans, strict=True):
+            x_t = tuple(jax.lax.dynamic_index_in_dim(p, t, 0, keepdims=False) for p in parts)
+            new, (y, (previous, saved, u)) = direction_step(w, projection, c, x_t, m)
+            leaves = jax.tree.leaves(saved)
+            parts = list(parts)
+            for k, j in plan.items():
+                parts[j] = jax.lax.dynamic_update_index_in_dim(parts[j], leaves[k], t, 0)
+            kept = tuple(None if k in plan else leaf for k, leaf in enumerate(leaves))
+            new_carries.append(new)
+            new_buffers.append(tuple(parts))
+            outs.append((y, previous, kept, u))
+        return (tuple(new_carries), tuple(new_buffers), t + 1), tuple(outs)
+
+    state = (carries, xs, jnp.zeros((), jnp.int32))
+    (finals, buffers, _), outs = jax.lax.scan(step, state, mask, length=time_steps)
+    ys, residuals = [], []
+    for (y, previous, kept, u), parts, (plan, treedef) in zip(outs, buffers, plans, strict=True):
+        leaves = [parts[plan[k]] if k in plan else leaf for k, leaf in enumerate(kept)]
+        ys.append(y)
+        residuals.append((previous, jax.tree.unflatten(treedef, leaves), u))
+    return tuple(ys), finals, tuple(residuals)
 
 
 def plain_recurrence(kind: CellKind, weights: tuple, xs: tuple, carries: tuple, mask):
