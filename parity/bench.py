@@ -670,7 +670,7 @@ def _median_seconds(fn, calls: int = 7) -> float:
 
 def product_seconds(product: Product) -> float:
     """One product's time alone in JAX, float32: jitted on its own, or, in the loop, per step
-    of a `lax.scan` over `product.count` steps (as XLA runs a loop: each step on one core)."""
+    of a `lax.scan` over `product.count` steps, as XLA runs it inside a loop."""
     import jax
     import jax.numpy as jnp
 
