@@ -24,6 +24,7 @@ from flaxseq.weights import Weights, cell_shapes, declare
 class _Cell(nn.Module):
     """The call the cells share; a cell says what it is through `cell_kind()` and its fields."""
 
+    @nn.nowrap
     def cell_kind(self) -> CellKind:
         return self.kind
 
@@ -96,6 +97,7 @@ class RNNCell(_Cell):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    @nn.nowrap
     def cell_kind(self) -> CellKind:
         checks.check_nonlinearity(self.nonlinearity)
         return kinds.rnn(self.nonlinearity)

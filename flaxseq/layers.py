@@ -34,9 +34,11 @@ class _Stack(nn.Module):
     class's name, so a subclass behaves as its base.
     """
 
+    @nn.nowrap
     def cell_kind(self) -> CellKind:
         return self.kind
 
+    @nn.nowrap
     def config(self) -> stack.StackConfig:
         return stack.StackConfig(
             self.cell_kind(), self.input_size, self.hidden_size, self.num_layers, self.bias,
@@ -162,6 +164,7 @@ class RNN(_Stack):
     param_dtype: Any = jnp.float32
     custom_gradient: bool = True
 
+    @nn.nowrap
     def cell_kind(self) -> CellKind:
         checks.check_nonlinearity(self.nonlinearity)
         return kinds.rnn(self.nonlinearity)

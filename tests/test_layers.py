@@ -193,3 +193,19 @@ def test_cell_equals_one_step_layer(cell):
         lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-14, atol=1e-16),
         jax.tree.map(lambda s: s[0], state), cell_state,
     )
+
+
+@pytest.mark.parametrize("module, x, expected", [
+    (flaxseq.LSTM(3, 4, 2, bidirectional=True), np.ones((5, 2, 3), np.float32),
+     ["weight_ih_l1_reverse: float32[16,8]", "weight_hh_l0: float32[16,4]", "float32[5,2,8]"]),
+    (flaxseq.LSTM(3, 4, proj_size=2), np.ones((5, 2, 3), np.float32), ["weight_hr_l0: float32[2,4]"]),
+    (flaxseq.GRU(3, 4), np.ones((5, 2, 3), np.float32), ["weight_ih_l0: float32[12,3]"]),
+    (flaxseq.RNNCell(3, 4, nonlinearity="relu"), np.ones((2, 3), np.float32), ["weight_hh: float32[4,4]"]),
+    (flaxseq.LSTMCell(3, 4), np.ones((2, 3), np.float32), ["weight_ih: float32[16,3]"]),
+], ids=["LSTM", "LSTM_PROJ", "GRU", "RNNCell", "LSTMCell"])
+def test_tabulate_lists_pytorchs_parameters(module, x, expected):
+    """flax's `Module.tabulate` runs on the layers and cells (a method called while the module is
+    built must not be wrapped: `nn.nowrap`) and lists PyTorch's names and shapes."""
+    table = module.tabulate(jax.random.key(0), x, console_kwargs={"force_terminal": False, "width": 200})
+    for text in expected:
+        assert text in table
