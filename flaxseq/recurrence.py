@@ -121,7 +121,8 @@ def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carr
     bias (`_project_gates`), a tuple of per-gate parts `[time, batch, hidden]`. The step adds
     `b_ih` either way. With `save`, also the residuals of each step that the backward loop
     reads: the carry before the step, the step's own residuals, and the unprojected `h` with a
-    projection. Returns `(ys, finals, residuals)`, each a tuple per direction.
+    projection; saving from per-gate parts, the loop is `_forward_in_place`. Returns `(ys,
+    finals, residuals)`, each a tuple per direction.
     """
     count = kind.gates
     step_fn = kind.differentiable().forward if save else None

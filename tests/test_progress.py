@@ -12,6 +12,8 @@ import termios
 import textwrap
 import threading
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 3
 # A tiny classifier fit: 30 examples in batches of 8, so 4 steps an epoch.
@@ -49,6 +51,7 @@ def test_pipe_gets_one_line_per_epoch():
     assert [LINE.match(line) and int(LINE.match(line)[1]) for line in lines] == list(range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow  # a file is not a terminal, as a pipe is not: the pipe test covers the default run
 def test_file_gets_one_line_per_epoch(tmp_path):
     with open(tmp_path / "log", "w") as log:
         subprocess.run([sys.executable, "-c", FIT], stderr=log, cwd=ROOT, timeout=300, check=True)
