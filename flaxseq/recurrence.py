@@ -11,11 +11,14 @@ The rules, with the measurements behind them in `docs/performance.md`:
   when the projection of all steps would take more than `PROJECTION_BUFFER_BYTES`.
 - Arrays the loop reads per step are kept per gate (`[time, batch, hidden]` each). Saving for
   the gradient, the loop writes each step's saved residuals over the per-gate parts it has just
-  read, where shapes and dtypes match (the LSTM's four gates, three of the GRU's four arrays).
+  read, where shapes and dtypes match (the LSTM's four gates, three of the GRU's four arrays);
+  the backward loop writes each step's gate gradients over the saved residuals in turn (the
+  LSTM's four, four of the GRU's six): for those, XLA fills and copies no stacked output.
 - The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop
   carries only the carry's gradient and emits each step's gate gradients; the weight gradients
-  are one product each over all steps, in PyTorch's layout, and so is the input's. A step's
-  own gradient is its kind's `StepGradient`, or JAX's differentiation of its step.
+  are one product each over all steps, in PyTorch's layout, and so is the input's, all from
+  one transposed copy of the gate gradients. A step's own gradient is its kind's
+  `StepGradient`, or JAX's differentiation of its step.
 - Variable lengths give what PyTorch's packed sequences give: outputs past a sequence's length
   are zero, the final carry is the state at its last valid step, and the reverse direction
   starts at each sequence's own last element (it reads each valid prefix reversed in place).
@@ -259,61 +262,145 @@ def _recurrence_bwd(kind, residuals, cotangents):
     dys, d_finals = cotangents
 
     def direction_step(w: Weights, d_carry, residuals_t, dy, m):
-        carry, saved_t, _ = residuals_t  # d_carry: the gradient of carry_t
+        carry, saved_t = residuals_t  # d_carry: the gradient of carry_t
         dh_total = kind.hidden(d_carry) + dy  # h_t is both the output and the next step's input
         du = dh_total if w.w_hr is None else dh_total @ w.w_hr
         dgx, dgh, d_prev = backward(saved_t, carry, kind.with_hidden(d_carry, du))
-        dgx = jnp.concatenate(dgx, axis=-1) if len(dgx) > 1 else dgx[0]  # [batch, gates * hidden]
         tied = dgh is None
-        if not tied:
-            dgh = jnp.concatenate(dgh, axis=-1) if len(dgh) > 1 else dgh[0]
-        dh_prev = kind.hidden(d_prev) + (dgx if tied else dgh) @ w.w_hh
+        dz = (dgx if tied else dgh)
+        dz = jnp.concatenate(dz, axis=-1) if len(dz) > 1 else dz[0]  # [batch, gates * hidden]
+        dh_prev = kind.hidden(d_prev) + dz @ w.w_hh
         d_prev = kind.with_hidden(d_prev, dh_prev)
-        zero = jnp.zeros_like
         d_prev = _select(m, d_prev, d_carry)  # a skipped step passes the gradient on
-        dgx, dh_total = _select(m, (dgx, dh_total), (zero(dgx), zero(dh_total)))
+        zero = jnp.zeros_like
+        dgx, dh_total = _select(m, (dgx, dh_total), (tuple(map(zero, dgx)), zero(dh_total)))
         if not tied:
-            dgh = _select(m, dgh, zero(dgh))
+            dgh = _select(m, dgh, tuple(map(zero, dgh)))
         return d_prev, (dgx, () if tied else dgh, dh_total if w.w_hr is not None else ())
 
-    def step(carry, inputs):
-        residuals_t, dy, m = inputs
-        steps = [
-            direction_step(w, d_carry, r, dy_d, m)
-            for w, d_carry, r, dy_d in zip(weights, carry, residuals_t, dy, strict=True)
-        ]
-        return tuple(c for c, _ in steps), tuple(out for _, out in steps)
-
     # the residuals without u (read after the loop only): [time, batch, ...] per direction
-    loop_residuals = tuple((carry, saved, ()) for carry, saved, _ in residuals)
-    d_carries, gradients = jax.lax.scan(step, tuple(d_finals), (loop_residuals, dys, mask), reverse=True)
+    loop_residuals = tuple((carry, saved) for carry, saved, _ in residuals)
+    plans = tuple(_gradient_plan(kind, w, saved, carry) for w, (carry, saved) in
+                  zip(weights, loop_residuals, strict=True))
+    d_carries, gradients = _backward_in_place(direction_step, weights, tuple(d_finals), loop_residuals, dys,
+                                              mask, plans)
     d_weights, dxs = [], []
     for w, x, (carries, _, us), (dgx, dgh, dh_totals) in zip(weights, xs, residuals, gradients, strict=True):
-        if isinstance(dgh, tuple):  # tied: dgh is dgx
-            dgh = dgx  # [time, batch, gates * hidden]
+        dzx = _stacked_transposed(dgx)  # [gates * hidden, time * batch]
+        dzh = _stacked_transposed(dgh) if dgh else dzx  # tied (no dgh of its own): dgh is dgx
         # the weight gradients: one matrix product each, over all time steps and the batch
         d_weights.append(Weights(
-            w_ih=_summed_outer_products(dgx, x),  # [gates * hidden, input]
-            w_hh=_summed_outer_products(dgh, kind.hidden(carries)),  # [gates * hidden, proj or hidden]
-            b_ih=None if w.b_ih is None else dgx.sum(axis=(0, 1)),
-            b_hh=None if w.b_hh is None else dgh.sum(axis=(0, 1)),
-            w_hr=None if w.w_hr is None else _summed_outer_products(dh_totals, us),  # [proj, hidden]
+            w_ih=dzx @ x.reshape(-1, x.shape[-1]),  # [gates * hidden, input]
+            w_hh=dzh @ _rows(kind.hidden(carries)),  # [gates * hidden, proj or hidden]
+            b_ih=None if w.b_ih is None else dzx.sum(axis=1),
+            b_hh=None if w.b_hh is None else dzh.sum(axis=1),
+            w_hr=None if w.w_hr is None else _stacked_transposed((dh_totals,)) @ _rows(us),  # [proj, hidden]
         ))
-        dxs.append(jnp.einsum("tbg,gi->tbi", dgx, w.w_ih))  # [time, batch, input]
+        dxs.append((dzx.T @ w.w_ih).reshape(*x.shape[:-1], w.w_ih.shape[1]))  # [time, batch, input]
     return tuple(d_weights), tuple(dxs), d_carries, None
 
 
-def _summed_outer_products(dz, v):
-    """`sum_t dz_t^T v_t` over time and batch: `[time, batch, n]`, `[time, batch, m]` -> `[n, m]`,
-    a weight's gradient in PyTorch's layout.
+def _gradient_plan(kind: CellKind, w: Weights, saved, carry):
+    """Which saved residual's buffer each of the step's gate gradients takes over.
 
-    One 2-D product over the `time * batch` rows, with `dz^T` copied out first: XLA:CPU's fast
-    matrix kernel needs a row-major left operand, and without the barrier XLA folds the
-    transpose into the product and takes a slower kernel (`docs/performance.md`, finding 17).
-    """
-    dz = dz.reshape(-1, dz.shape[-1])  # [time * batch, n]
-    v = v.reshape(-1, v.shape[-1])  # [time * batch, m]
-    return jax.lax.optimization_barrier(dz.T) @ v
+    `saved`: a direction's saved residuals, leaves `[time, batch, ...]`, read by the backward
+    loop only; `carry`: its saved carries before each step, `[time, batch, ...]`. Returns
+    `(plan, treedef)`: `plan` maps `(0, k)` (the `k`-th block of `dgx`) or `(1, k)` (of `dgh`)
+    to the index of a saved leaf (`treedef`) of the same shape and dtype, each leaf taken once."""
+    def spec(a):
+        return jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+
+    def gate_gradients(saved_t, carry_t):
+        u = jnp.zeros((kind.hidden(carry_t).shape[0], w.w_hh.shape[0] // kind.gates), kind.hidden(carry_t).dtype)
+        dgx, dgh, _ = kind.differentiable().backward(saved_t, carry_t, kind.with_hidden(carry_t, u))
+        return dgx, dgh
+
+    leaves, treedef = jax.tree.flatten(saved)
+    dgx, dgh = jax.eval_shape(gate_gradients, jax.tree.map(spec, saved), jax.tree.map(spec, carry))
+    free, plan = list(range(len(leaves))), {}
+    blocks = [((0, k), g) for k, g in enumerate(dgx)] + [((1, k), g) for k, g in enumerate(dgh or ())]
+    for key, block in blocks:
+        j = next((j for j in free if (leaves[j].shape[1:], leaves[j].dtype) == (block.shape, block.dtype)), None)
+        if j is not None:
+            plan[key] = j
+            free.remove(j)
+    return plan, treedef
+
+
+def _backward_in_place(direction_step, weights: tuple, d_finals: tuple, loop_residuals: tuple, dys: tuple, mask,
+                       plans: tuple):
+    """The backward loop, from the last step to the first, every direction together; each
+    step's gate gradients are written over the saved residuals it has read (`_gradient_plan`):
+    a residual of step t is read only at step t, so its buffer takes the gradient of the same
+    shape, and XLA neither fills nor copies an output buffer for it. Returns `(d_carries,
+    gradients)`, per direction `(dgx, dgh, dh_totals)`: `dgx`, `dgh` tuples of per-gate
+    `[time, batch, hidden]` (`dgh` `()` where it is `dgx`), `dh_totals` `[time, batch, proj]`
+    with a projection, else `()`.
+
+    Step t's gradients are written at the start of step t - 1, before its reads (and after the
+    loop, at step 0): XLA updates a buffer in place only where every read of it comes after the
+    write or feeds it, and several of a step's gradients read the same saved gate. The first
+    step writes the residuals it is about to read back over themselves."""
+    time_steps = dys[0].shape[0]
+    last = time_steps - 1
+    orders, buffers, read = [], [], []  # per direction: the leaves taken (buffers), the others read per step
+    for (carries, saved), (plan, _) in zip(loop_residuals, plans, strict=True):
+        leaves = jax.tree.leaves(saved)
+        order = sorted(set(plan.values()))
+        orders.append(order)
+        buffers.append(tuple(leaves[j] for j in order))
+        read.append((carries, tuple(None if j in order else a for j, a in enumerate(leaves))))
+    pending = tuple(tuple(b[last] for b in bufs) for bufs in buffers)  # written back unchanged first
+
+    def step(state, inputs):
+        d_carry, buffers, pending, t = state
+        read_t, dy, m = inputs
+        new_d, new_buffers, new_pending, outs = [], [], [], []
+        for w, d_c, bufs, ready, (carry, kept), dy_d, (plan, treedef), order in zip(
+                weights, d_carry, buffers, pending, read_t, dy, plans, orders, strict=True):
+            bufs = tuple(jax.lax.dynamic_update_index_in_dim(b, g, jnp.minimum(t + 1, last), 0)
+                         for b, g in zip(bufs, ready, strict=True))
+            leaves = list(kept)
+            for b, j in zip(bufs, order, strict=True):
+                leaves[j] = jax.lax.dynamic_index_in_dim(b, t, 0, keepdims=False)
+            d_prev, (dgx, dgh, dh_total) = direction_step(w, d_c, (carry, jax.tree.unflatten(treedef, leaves)),
+                                                          dy_d, m)
+            blocks = {(0, k): g for k, g in enumerate(dgx)} | {(1, k): g for k, g in enumerate(dgh)}
+            by_leaf = {j: blocks[key] for key, j in plan.items()}
+            new_d.append(d_prev)
+            new_buffers.append(bufs)
+            new_pending.append(tuple(by_leaf[j] for j in order))
+            outs.append((tuple(None if (0, k) in plan else g for k, g in enumerate(dgx)),
+                         tuple(None if (1, k) in plan else g for k, g in enumerate(dgh)), dh_total))
+        return (tuple(new_d), tuple(new_buffers), tuple(new_pending), t - 1), tuple(outs)
+
+    state = (d_finals, tuple(buffers), pending, jnp.asarray(last, jnp.int32))
+    (d_carries, buffers, pending, _), outs = jax.lax.scan(step, state, (tuple(read), dys, mask), reverse=True)
+    gradients = []
+    for (dgx, dgh, dh_totals), bufs, ready, (plan, _), order in zip(outs, buffers, pending, plans, orders,
+                                                                  strict=True):
+        # step 0's gradients, and each taken leaf's buffer by the key of the gradient it holds
+        bufs = [jax.lax.dynamic_update_index_in_dim(b, g, 0, 0) for b, g in zip(bufs, ready, strict=True)]
+        taken = {key: bufs[order.index(j)] for key, j in plan.items()}
+        gradients.append((tuple(taken.get((0, k), g) for k, g in enumerate(dgx)),
+                          tuple(taken.get((1, k), g) for k, g in enumerate(dgh)), dh_totals))
+    return d_carries, tuple(gradients)
+
+
+def _rows(v):
+    """`[time, batch, n]` -> `[time * batch, n]`."""
+    return v.reshape(-1, v.shape[-1])
+
+
+def _stacked_transposed(parts: tuple):
+    """Per-gate `[time, batch, hidden]` parts -> `[gates * hidden, time * batch]`: the gate
+    gradients transposed and stacked in one copy, the left operand of the weight gradients
+    (`dz^T v`, PyTorch's layout) and, transposed back, of the input's (`dz W_ih`).
+
+    The barrier keeps the copy: XLA:CPU's fast matrix kernel needs a row-major left operand,
+    and without it XLA folds the transpose into the product and takes a slower kernel
+    (`docs/performance.md`, finding 17)."""
+    return jax.lax.optimization_barrier(jnp.concatenate([_rows(p).T for p in parts], axis=0))
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)

@@ -121,13 +121,15 @@ def test_projection_before_the_loop_is_one_product_per_gate(mode):
     assert projections(jax.grad(loss), variables["params"]) == gates * 2 * 2
 
 
-@pytest.mark.parametrize("mode, taken", [("RNN_TANH", 1), ("LSTM", 4), ("LSTM_PROJ", 4), ("GRU", 3)])
-def test_saved_residuals_take_the_projection_buffers(mode, taken):
+@pytest.mark.parametrize("mode, taken, given", [("RNN_TANH", 1, 1), ("LSTM", 4, 4), ("LSTM_PROJ", 4, 4), ("GRU", 3, 4)])
+def test_saved_residuals_take_the_projection_buffers(mode, taken, given):
     """Saving for the gradient, the forward loop writes each step's saved residuals over the
     per-gate projection parts it has just read: per direction, `taken` of its `[time, batch,
     hidden]` arrays are loop carries updated in place (all the LSTM's gates, three of the GRU's
     four saved arrays), not stacked outputs that XLA fills with zeros and copies first (finding
-    32). The values are the gradient tests' and the parity tests'."""
+    32). The backward loop in turn writes the step's gate gradients over the saved residuals it
+    has read: `given` of them per direction (all four of the GRU's saved arrays take four of its
+    six gate gradients; finding 33). The values are the gradient tests' and the parity tests'."""
     kind, _, act = mode.partition("_")
     extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
     module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, param_dtype=jnp.float64, **extra)
@@ -142,9 +144,9 @@ def test_saved_residuals_take_the_projection_buffers(mode, taken):
         if eqn.primitive.name == "scan":
             start = eqn.params["num_consts"]
             carries = eqn.invars[start:start + eqn.params["num_carry"]]
-            carried.append(sum(v.aval.shape == (7, 2, 5) for v in carries))
+            carried.append((eqn.params["reverse"], sum(v.aval.shape == (7, 2, 5) for v in carries)))
     # two forward loops (one a layer, both directions in each) and their two backward loops
-    assert sorted(carried) == [0, 0, taken * 2, taken * 2]
+    assert sorted(carried) == [(False, taken * 2)] * 2 + [(True, given * 2)] * 2
 
 
 def _eqns_outside_loops(jaxpr):
