@@ -178,13 +178,20 @@ def _buffer_plan(step_fn, kind: CellKind, parts: tuple, carry):
     part = jax.ShapeDtypeStruct(parts[0].shape[1:], parts[0].dtype)
     _, saved = jax.eval_shape(step_fn, (part,) * kind.gates, (part,) * kind.gates, jax.tree.map(spec, carry))
     leaves, treedef = jax.tree.flatten(saved)
-    free, plan = list(range(len(parts))), {}
-    for k, leaf in enumerate(leaves):
-        j = next((j for j in free if (parts[j].shape[1:], parts[j].dtype) == (leaf.shape, leaf.dtype)), None)
+    return _match_buffers(enumerate(leaves), parts), treedef
+
+
+def _match_buffers(values, buffers) -> dict:
+    """`{key: index}` for `(key, value)` pairs of `values` (each `[batch, ...]`, in order), each
+    taking the first free buffer of `buffers` (`[time, batch, ...]`) with its shape and dtype per
+    step; a value that finds none is left out. Each buffer is taken once."""
+    free, plan = list(range(len(buffers))), {}
+    for key, value in values:
+        j = next((j for j in free if (buffers[j].shape[1:], buffers[j].dtype) == (value.shape, value.dtype)), None)
         if j is not None:
-            plan[k] = j
+            plan[key] = j
             free.remove(j)
-    return plan, treedef
+    return plan
 
 
 def _forward_in_place(direction_step, weights: tuple, projections: tuple, xs: tuple, carries: tuple, mask,
@@ -317,14 +324,8 @@ def _gradient_plan(kind: CellKind, w: Weights, saved, carry):
 
     leaves, treedef = jax.tree.flatten(saved)
     dgx, dgh = jax.eval_shape(gate_gradients, jax.tree.map(spec, saved), jax.tree.map(spec, carry))
-    free, plan = list(range(len(leaves))), {}
     blocks = [((0, k), g) for k, g in enumerate(dgx)] + [((1, k), g) for k, g in enumerate(dgh or ())]
-    for key, block in blocks:
-        j = next((j for j in free if (leaves[j].shape[1:], leaves[j].dtype) == (block.shape, block.dtype)), None)
-        if j is not None:
-            plan[key] = j
-            free.remove(j)
-    return plan, treedef
+    return _match_buffers(blocks, leaves), treedef
 
 
 def _backward_in_place(direction_step, weights: tuple, d_finals: tuple, loop_residuals: tuple, dys: tuple, mask,
