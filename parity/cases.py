@@ -4,6 +4,7 @@ A case, here or for the models, is anything with `label()`, `dtype` and `run(see
 `python -m parity` runs lists of them.
 """
 
+import heapq
 import itertools
 from dataclasses import dataclass
 
@@ -165,11 +166,20 @@ def covering(grid: list[LayerCase], axes, strength: int = 3) -> list[LayerCase]:
 
     covers = [tuples(c) for c in grid]
     uncovered = set().union(*covers)
+    # Each round takes the case covering the most uncovered tuples, the first such in `grid`. A
+    # case's count only falls, so a count from an earlier round bounds it from above: a heap of
+    # (-count, index) recounts only the cases that could still be the best (a lazy greedy).
+    heap = [(-len(c), i) for i, c in enumerate(covers)]
+    heapq.heapify(heap)
     chosen = []
     while uncovered:
-        best = max(range(len(grid)), key=lambda i: len(covers[i] & uncovered))
-        chosen.append(grid[best])
-        uncovered -= covers[best]
+        _, i = heapq.heappop(heap)
+        entry = (-len(covers[i] & uncovered), i)
+        if heap and entry > heap[0]:  # another case may count more now: recount that one first
+            heapq.heappush(heap, entry)
+            continue
+        chosen.append(grid[i])
+        uncovered -= covers[i]
     return chosen
 
 
