@@ -154,7 +154,12 @@ def build_model(config: Seq2SeqConfig, prepared: Prepared) -> Seq2SeqAttention:
 
 def init_params(model: Seq2SeqAttention, split: tuple[np.ndarray, ...], seed: int):
     src, src_lengths, trg = (a[:1] for a in split)
-    return model.init(jax.random.key(seed), src, trg, 1.0, src_lengths=src_lengths)["params"]
+
+    @jax.jit  # one compile instead of one per operation
+    def init(key, src, trg, src_lengths):
+        return model.init(key, src, trg, 1.0, src_lengths=src_lengths)["params"]
+
+    return init(jax.random.key(seed), src, trg, src_lengths)
 
 
 def make_loss(model: Seq2SeqAttention, teacher_forcing_ratio: float = 1.0):
