@@ -17,7 +17,8 @@ The rules, with the measurements behind them in `docs/performance.md`:
 - The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop
   carries only the carry's gradient and emits each step's gate gradients; the weight gradients
   are one product each over all steps, in PyTorch's layout, and so is the input's, all from
-  one transposed copy of the gate gradients. A step's own gradient is its kind's
+  one transposed copy of the gate gradients up to `TRANSPOSED_COPY_BYTES`, from the per-gate
+  parts as they are above it. A step's own gradient is its kind's
   `StepGradient`, or JAX's differentiation of its step.
 - Variable lengths give what PyTorch's packed sequences give: outputs past a sequence's length
   are zero, the final carry is the state at its last valid step, and the reverse direction
@@ -36,6 +37,9 @@ from flaxseq.weights import InputWeights, StepWeights, Weights, input_weights, s
 
 # Not differentiated, a larger input projection of all steps is computed step by step instead
 PROJECTION_BUFFER_BYTES = 32 * 2**20
+# Larger gate gradients are not copied transposed for the weight gradients (`_weight_gradients`):
+# glibc's largest threshold for serving a block from its heap (DEFAULT_MMAP_THRESHOLD_MAX)
+TRANSPOSED_COPY_BYTES = 32 * 2**20
 
 
 def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
@@ -293,18 +297,54 @@ def _recurrence_bwd(kind, residuals, cotangents):
                                               mask, plans)
     d_weights, dxs = [], []
     for w, x, (carries, _, us), (dgx, dgh, dh_totals) in zip(weights, xs, residuals, gradients, strict=True):
+        d_weight, dx = _weight_gradients(w, x, _rows(kind.hidden(carries)), dgx, dgh or dgx)
+        if w.w_hr is not None:
+            d_weight = d_weight._replace(w_hr=_stacked_transposed((dh_totals,)) @ _rows(us))  # [proj, hidden]
+        d_weights.append(d_weight)
+        dxs.append(dx)
+    return tuple(d_weights), tuple(dxs), d_carries, None
+
+
+def _weight_gradients(w: Weights, x: jax.Array, h: jax.Array, dgx: tuple, dgh: tuple):
+    """`(Weights, dx)`: the gradients of `w_ih`, `w_hh` and the biases in PyTorch's layout
+    (`w_hr` None), each one product over all steps and the batch, and the input's `[time,
+    batch, input]`, from the gate gradients `dgx`, `dgh` (per-gate `[time, batch, hidden]`
+    parts, the same tuple where tied), the input `x` `[time, batch, input]` and the carries'
+    `h` before each step, `[time * batch, proj or hidden]`.
+
+    Up to `TRANSPOSED_COPY_BYTES` of gate gradients, they are copied once transposed and
+    stacked (`_stacked_transposed`), the row-major left operand of XLA:CPU's fast matrix kernel.
+    Above it, such a copy is a buffer of its own, mapped and page-faulted anew at every call, and
+    costs more than the faster kernel saves: each part is multiplied as it is, `dz_k^T v` and
+    `dz_k W_ih,k`, and XLA folds the transposes into its products (`docs/performance.md`,
+    finding 35)."""
+    xs = _rows(x)
+    if len(dgx) * dgx[0].size * dgx[0].dtype.itemsize <= TRANSPOSED_COPY_BYTES:
         dzx = _stacked_transposed(dgx)  # [gates * hidden, time * batch]
-        dzh = _stacked_transposed(dgh) if dgh else dzx  # tied (no dgh of its own): dgh is dgx
-        # the weight gradients: one matrix product each, over all time steps and the batch
-        d_weights.append(Weights(
-            w_ih=dzx @ x.reshape(-1, x.shape[-1]),  # [gates * hidden, input]
-            w_hh=dzh @ _rows(kind.hidden(carries)),  # [gates * hidden, proj or hidden]
+        dzh = dzx if dgh is dgx else _stacked_transposed(dgh)
+        d_weight = Weights(
+            w_ih=dzx @ xs,  # [gates * hidden, input]
+            w_hh=dzh @ h,  # [gates * hidden, proj or hidden]
             b_ih=None if w.b_ih is None else dzx.sum(axis=1),
             b_hh=None if w.b_hh is None else dzh.sum(axis=1),
-            w_hr=None if w.w_hr is None else _stacked_transposed((dh_totals,)) @ _rows(us),  # [proj, hidden]
-        ))
-        dxs.append((dzx.T @ w.w_ih).reshape(*x.shape[:-1], w.w_ih.shape[1]))  # [time, batch, input]
-    return tuple(d_weights), tuple(dxs), d_carries, None
+            w_hr=None,
+        )
+        dx = dzx.T @ w.w_ih
+    else:
+        def stacked(parts, v):  # sum over time and batch of each part's outer products with v
+            return jnp.concatenate([_rows(g).T @ v for g in parts], axis=0)
+
+        def summed(parts):
+            return jnp.concatenate([_rows(g).sum(axis=0) for g in parts])
+
+        d_weight = Weights(
+            w_ih=stacked(dgx, xs), w_hh=stacked(dgh, h),
+            b_ih=None if w.b_ih is None else summed(dgx), b_hh=None if w.b_hh is None else summed(dgh),
+            w_hr=None,
+        )
+        w_parts = jnp.split(w.w_ih, len(dgx), axis=0)  # [hidden, input] per gate
+        dx = sum(_rows(g) @ w_k for g, w_k in zip(dgx, w_parts, strict=True))
+    return d_weight, dx.reshape(*x.shape[:-1], w.w_ih.shape[1])
 
 
 def _gradient_plan(kind: CellKind, w: Weights, saved, carry):

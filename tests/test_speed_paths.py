@@ -149,6 +149,40 @@ def test_saved_residuals_take_the_projection_buffers(mode, taken, given):
     assert sorted(carried) == [(False, taken * 2)] * 2 + [(True, given * 2)] * 2
 
 
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM_PROJ", "GRU"])
+def test_weight_gradients_from_the_parts_match(mode, monkeypatch):
+    """Above `TRANSPOSED_COPY_BYTES` the weight and input gradients come from the per-gate parts
+    as they are, without the transposed copy (no `optimization_barrier` outside the loops, but
+    the projection's): the same gradients (float64), tied (RNN, LSTM) and untied (GRU), with
+    lengths, biases and a projection."""
+    kind, _, act = mode.partition("_")
+    extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
+    module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, param_dtype=jnp.float64, **extra)
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.standard_normal((7, 3, 4)))  # [time, batch, input]
+    lengths = jnp.asarray([7, 2, 5])
+    params = module.init(jax.random.key(0), x)["params"]
+
+    def loss(params, x):
+        output, final = module.apply({"params": params}, x, lengths=lengths)
+        return jnp.sum(jnp.sin(output)) + sum(jnp.sum(f ** 3) for f in jax.tree.leaves(final))
+
+    def barriers():
+        jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x).jaxpr
+        return sum(e.primitive.name == "optimization_barrier" for e in _eqns_outside_loops(jaxpr))
+
+    copied = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    copies = barriers()
+    monkeypatch.setattr(recurrence, "TRANSPOSED_COPY_BYTES", 0)
+    from_parts = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(copied), jax.tree.leaves(from_parts), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+    projection = 2 * 2 if act == "PROJ" else 0  # `W_hr`'s own copy: 2 layers, 2 directions
+    untied = 2 if kind == "GRU" else 1  # `dgh` transposed too where it is not `dgx`
+    assert copies == 2 * 2 * untied + projection
+    assert barriers() == projection
+
+
 def _eqns_outside_loops(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn
