@@ -37,8 +37,7 @@ from flaxseq.weights import InputWeights, StepWeights, Weights, input_weights, s
 
 # Not differentiated, a larger input projection of all steps is computed step by step instead
 PROJECTION_BUFFER_BYTES = 32 * 2**20
-# Larger gate gradients are not copied transposed for the weight gradients (`_weight_gradients`):
-# glibc's largest threshold for serving a block from its heap (DEFAULT_MMAP_THRESHOLD_MAX)
+# Larger gate gradients are not copied transposed for the weight gradients (`_weight_gradients`)
 TRANSPOSED_COPY_BYTES = 32 * 2**20
 
 
@@ -314,10 +313,11 @@ def _weight_gradients(w: Weights, x: jax.Array, h: jax.Array, dgx: tuple, dgh: t
 
     Up to `TRANSPOSED_COPY_BYTES` of gate gradients, they are copied once transposed and
     stacked (`_stacked_transposed`), the row-major left operand of XLA:CPU's fast matrix kernel.
-    Above it, such a copy is a buffer of its own, mapped and page-faulted anew at every call, and
-    costs more than the faster kernel saves: each part is multiplied as it is, `dz_k^T v` and
-    `dz_k W_ih,k`, and XLA folds the transposes into its products (`docs/performance.md`,
-    finding 35)."""
+    Above it the copy, memory-bound and page-faulted anew at each call, costs more than that
+    kernel saves: each part is multiplied as it is, `dz_k^T v` and `dz_k W_ih,k`, and XLA folds
+    the transposes into its products. Only products read the parts there, the bias's a product
+    with ones: a reduction fuses the write of step 0's gradients (`_backward_in_place`) into
+    itself, and XLA copies every part to write it twice (`docs/performance.md`, finding 35)."""
     xs = _rows(x)
     if len(dgx) * dgx[0].size * dgx[0].dtype.itemsize <= TRANSPOSED_COPY_BYTES:
         dzx = _stacked_transposed(dgx)  # [gates * hidden, time * batch]
@@ -335,7 +335,8 @@ def _weight_gradients(w: Weights, x: jax.Array, h: jax.Array, dgx: tuple, dgh: t
             return jnp.concatenate([_rows(g).T @ v for g in parts], axis=0)
 
         def summed(parts):
-            return jnp.concatenate([_rows(g).sum(axis=0) for g in parts])
+            ones = jnp.ones(xs.shape[0], xs.dtype)
+            return jnp.concatenate([ones @ _rows(g) for g in parts])
 
         d_weight = Weights(
             w_ih=stacked(dgx, xs), w_hh=stacked(dgh, h),
