@@ -38,7 +38,7 @@ from flaxseq.weights import InputWeights, StepWeights, Weights, input_weights, s
 # Not differentiated, a larger input projection of all steps is computed step by step instead
 PROJECTION_BUFFER_BYTES = 32 * 2**20
 # Larger gate gradients are not copied transposed for the weight gradients (`_weight_gradients`)
-TRANSPOSED_COPY_BYTES = 32 * 2**20
+TRANSPOSED_COPY_BYTES = 8 * 2**20
 
 
 def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
