@@ -18,6 +18,7 @@ import numpy as np
 
 from flaxseq import checks
 from flaxseq.init import linear_uniform
+from flaxseq.products import affine
 
 
 class Linear(nn.Module):
@@ -56,9 +57,8 @@ class Linear(nn.Module):
             bias = self.param("bias", self.bias_init or default, (self.features,), self.param_dtype)
         dtype = self.dtype or jnp.result_type(x, kernel)
         # one 2-D product whatever the rank, then the leading axes back
-        y = jnp.asarray(x, dtype).reshape(-1, fan_in) @ jnp.asarray(kernel, dtype)
-        if bias is not None:
-            y = y + jnp.asarray(bias, dtype)
+        y = affine(jnp.asarray(x, dtype).reshape(-1, fan_in), jnp.asarray(kernel, dtype),
+                   None if bias is None else jnp.asarray(bias, dtype))
         return y.reshape(*x.shape[:-1], self.features)
 
 

@@ -9,8 +9,9 @@ classes]` output goes in as it is.
 It is written for large vocabularies: the log-sum-exp of each row is one fused pass over the
 logits, the target's logit is gathered (no one-hot array), and the gradient is written by hand
 (`softmax - (1 - eps) onehot - eps / classes`, scaled per row), one element-wise pass that XLA
-fuses with the comparison against each row's target. Measurements: `docs/performance.md`,
-finding 28.
+fuses with the comparison against each row's target. The logits are the only array of their
+size that the gradient keeps, and the gradient is written over them: the softmax is computed
+again rather than kept beside them. Measurements: `docs/performance.md`, findings 28 and 36.
 """
 
 from functools import partial
@@ -103,11 +104,9 @@ def _losses_fwd(logits, targets, ignore_index, smoothing):
     in_range = (targets >= 0) & (targets < classes)
     peak = jnp.max(logits, axis=-1)  # [N], the shift that keeps exp finite
     peak = jnp.where(jnp.isfinite(peak), peak, jnp.zeros_like(peak))
-    # exp(x - peak) is kept for the gradient: one element-wise pass that XLA splits over the
-    # cores, instead of computing it again inside the gradient (docs/performance.md, finding 28)
-    shifted = jnp.exp(logits - peak[:, None])  # [N, C]
-    total = jnp.sum(shifted, axis=-1)  # [N]
-    lse = peak + jnp.log(total)
+    # the logits are the residual, and the gradient computes exp(x - lse) again: a kept
+    # exp(x - peak) would be a second array of the logits' size (docs/performance.md, finding 36)
+    lse = peak + jnp.log(jnp.sum(jnp.exp(logits - peak[:, None]), axis=-1))  # [N]
     index = jnp.where(in_range, targets, 0)[:, None]
     picked = jnp.take_along_axis(logits, index, axis=-1)[:, 0]  # [N]: x[t]
     picked = jnp.where(in_range, picked, jnp.nan)  # an unchecked target out of range gives NaN
@@ -115,19 +114,21 @@ def _losses_fwd(logits, targets, ignore_index, smoothing):
     if smoothing:
         loss = (1.0 - smoothing) * loss + smoothing * (lse - jnp.mean(logits, axis=-1))
     loss = jnp.where(valid, loss, jnp.zeros_like(loss))
-    return loss, (shifted, total, targets)
+    return loss, (logits, lse, picked, targets)
 
 
 def _losses_bwd(ignore_index, smoothing, residuals, d_loss):
     # d loss / d x_c = softmax(x)_c - (1 - e) [c == t] - e / C, per row scaled by its cotangent
-    shifted, total, targets = residuals
-    classes = shifted.shape[-1]
+    logits, lse, picked, targets = residuals
+    classes = logits.shape[-1]
     valid = targets != ignore_index
-    in_range = (targets >= 0) & (targets < classes)
     scale = jnp.where(valid, d_loss, jnp.zeros_like(d_loss))
-    scale = jnp.where(valid & ~in_range, jnp.nan, scale)[:, None]  # [N, 1]
+    # a counted row with a target out of range (its picked logit NaN) gets NaN; where x[t] is
+    # NaN the row is NaN anyway. Reading the picked logits orders the gradient after every read
+    # of the logits, so that XLA writes it over them (docs/performance.md, finding 36)
+    scale = jnp.where(valid & jnp.isnan(picked), jnp.nan, scale)[:, None]  # [N, 1]
     onehot = jnp.arange(classes)[None, :] == targets[:, None]  # fused with its use, never stored
-    grad = shifted / total[:, None] - jnp.where(onehot, 1.0 - smoothing, 0.0).astype(shifted.dtype)
+    grad = jnp.exp(logits - lse[:, None]) - jnp.where(onehot, 1.0 - smoothing, 0.0).astype(logits.dtype)
     if smoothing:
         grad = grad - smoothing / classes
     return grad * scale, None

@@ -18,6 +18,7 @@ from flaxseq import checks
 from flaxseq.basic import attend, check_approximate, check_ids, layer_norm, lookup, normalized_shape
 from flaxseq.init import linear_uniform
 from flaxseq.nnx.recurrent import require_rngs
+from flaxseq.products import affine
 
 
 class Linear(nnx.Module):
@@ -56,9 +57,8 @@ class Linear(nnx.Module):
         dtype = self.dtype or jnp.result_type(x, weight)
         lead = x.shape[:-1]
         # one 2-D product whatever the rank, then the leading axes back
-        y = jnp.asarray(x, dtype).reshape(-1, self.in_features) @ jnp.asarray(weight, dtype).T
-        if hasattr(self, "bias"):
-            y = y + jnp.asarray(self.bias[...], dtype)
+        bias = jnp.asarray(self.bias[...], dtype) if hasattr(self, "bias") else None
+        y = affine(jnp.asarray(x, dtype).reshape(-1, self.in_features), jnp.asarray(weight, dtype).T, bias)
         return y.reshape(*lead, self.out_features)
 
 
