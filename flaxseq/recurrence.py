@@ -17,9 +17,9 @@ The rules, with the measurements behind them in `docs/performance.md`:
 - The gradient is written by hand (`jax.custom_vjp`), as cuDNN does it: the backward loop
   carries only the carry's gradient and emits each step's gate gradients; the weight gradients
   are one product each over all steps, in PyTorch's layout, and so is the input's, all from
-  one transposed copy of the gate gradients up to `TRANSPOSED_COPY_BYTES`, from the per-gate
-  parts as they are above it. A step's own gradient is its kind's
-  `StepGradient`, or JAX's differentiation of its step.
+  one transposed copy of the gate gradients up to `TRANSPOSED_COPY_BYTES`, above it from the
+  per-gate parts as they are and one transposed copy of the input and of `h`. A step's own
+  gradient is its kind's `StepGradient`, or JAX's differentiation of its step.
 - Variable lengths give what PyTorch's packed sequences give: outputs past a sequence's length
   are zero, the final carry is the state at its last valid step, and the reverse direction
   starts at each sequence's own last element (it reads each valid prefix reversed in place).
@@ -314,8 +314,9 @@ def _weight_gradients(w: Weights, x: jax.Array, h: jax.Array, dgx: tuple, dgh: t
     Up to `TRANSPOSED_COPY_BYTES` of gate gradients, they are copied once transposed and
     stacked (`_stacked_transposed`), the row-major left operand of XLA:CPU's fast matrix kernel.
     Above it the copy, memory-bound and page-faulted anew at each call, costs more than that
-    kernel saves: each part is multiplied as it is, `dz_k^T v` and `dz_k W_ih,k`, and XLA folds
-    the transposes into its products. Only products read the parts there, the bias's a product
+    kernel saves: the smaller operands are copied transposed instead, the input and `h` (`v^T`,
+    `[n, time * batch]`, once each), and each part is the right operand as it is, `(v^T dz_k)^T`
+    and `dz_k W_ih,k` (finding 38). Only products read the parts there, the bias's a product
     with ones: a reduction fuses the write of step 0's gradients (`_backward_in_place`) into
     itself, and XLA copies every part to write it twice (`docs/performance.md`, finding 35)."""
     xs = _rows(x)
@@ -331,8 +332,10 @@ def _weight_gradients(w: Weights, x: jax.Array, h: jax.Array, dgx: tuple, dgh: t
         )
         dx = dzx.T @ w.w_ih
     else:
-        def stacked(parts, v):  # sum over time and batch of each part's outer products with v
-            return jnp.concatenate([_rows(g).T @ v for g in parts], axis=0)
+        def stacked(parts, v):  # per part, the sum over time and batch of its outer products with v
+            vt = jax.lax.optimization_barrier(v.T)  # [n, time * batch], copied once for every part
+            # (v^T g_k)^T; the barrier keeps XLA from folding the transpose back into the product
+            return jnp.concatenate([jax.lax.optimization_barrier(vt @ _rows(g)).T for g in parts], axis=0)
 
         def summed(parts):
             ones = jnp.ones(xs.shape[0], xs.dtype)

@@ -152,8 +152,9 @@ def test_saved_residuals_take_the_projection_buffers(mode, taken, given):
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM_PROJ", "GRU"])
 def test_weight_gradients_from_the_parts_match(mode, monkeypatch):
     """Above `TRANSPOSED_COPY_BYTES` the weight and input gradients come from the per-gate parts
-    as they are, without the transposed copy (no `optimization_barrier` outside the loops, but
-    the projection's): the same gradients (float64), tied (RNN, LSTM) and untied (GRU), with
+    as they are, without their transposed copy: the input and `h` are copied transposed instead
+    (an `optimization_barrier` each) and each part's product is kept from folding that transpose
+    back (one each); the same gradients (float64), tied (RNN, LSTM) and untied (GRU), with
     lengths, biases and a projection."""
     kind, _, act = mode.partition("_")
     extra = {"nonlinearity": act.lower()} if kind == "RNN" else {"proj_size": 3} if act == "PROJ" else {}
@@ -180,7 +181,8 @@ def test_weight_gradients_from_the_parts_match(mode, monkeypatch):
     projection = 2 * 2 if act == "PROJ" else 0  # `W_hr`'s own copy: 2 layers, 2 directions
     untied = 2 if kind == "GRU" else 1  # `dgh` transposed too where it is not `dgx`
     assert copies == 2 * 2 * untied + projection
-    assert barriers() == projection
+    gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[kind]
+    assert barriers() == 2 * 2 * (2 + 2 * gates) + projection  # v^T of x and h, (v^T dz_k) for W_ih and W_hh
 
 
 def _eqns_outside_loops(jaxpr):
