@@ -110,13 +110,16 @@ def _select(mask, new, old):
     return jax.tree.map(lambda a, b: jnp.where(mask[:, None], a, b), new, old)
 
 
-def _project_gates(projection: InputWeights, x: jax.Array, count: int) -> tuple:
+def _project_gates(w_ih: jax.Array, x: jax.Array, count: int) -> tuple:
     """`x W_ih^T` without the bias, as `count` per-gate parts: `[..., input] -> [..., hidden]` each.
 
     One product per gate writes each part where the loop reads it; the bias is added in the
-    loop's step, where it costs no pass of its own.
+    loop's step, where it costs no pass of its own. Each gate's block of `w_ih` (PyTorch's
+    layout, `[gates * hidden, input]`) is the product's right operand as it is, contracted on its
+    input axis: XLA:CPU's fast kernel takes it so, and no transposed or sliced copy is made.
     """
-    return tuple(x @ w for w in split_gates(projection.w_ih, count))
+    contract = (((x.ndim - 1,), (1,)), ((), ()))
+    return tuple(jax.lax.dot_general(x, w, contract) for w in jnp.split(w_ih, count, axis=0))
 
 
 def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carries: tuple, mask, save: bool):
@@ -250,8 +253,8 @@ def recurrence(kind: CellKind, weights: tuple, xs: tuple, carries: tuple, mask):
     projections = tuple(map(input_weights, weights))
     inputs = tuple(
         x if x.shape[0] * x.shape[1] * w.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES
-        else _project_gates(p, x, kind.gates)  # per-gate [time, batch, hidden]
-        for w, p, x in zip(weights, projections, xs, strict=True)
+        else _project_gates(w.w_ih, x, kind.gates)  # per-gate [time, batch, hidden]
+        for w, x in zip(weights, xs, strict=True)
     )
     ys, finals, _ = _forward(kind, tuple(map(step_weights, weights)), projections, inputs, carries, mask, save=False)
     return ys, finals
@@ -260,7 +263,7 @@ def recurrence(kind: CellKind, weights: tuple, xs: tuple, carries: tuple, mask):
 def _recurrence_fwd(kind, weights, xs, carries, mask):
     # per direction, the projection of all steps before the loop, as per-gate parts [time, batch, hidden]
     projections = tuple(map(input_weights, weights))
-    gxs = tuple(_project_gates(p, x, kind.gates) for p, x in zip(projections, xs, strict=True))
+    gxs = tuple(_project_gates(w.w_ih, x, kind.gates) for w, x in zip(weights, xs, strict=True))
     step = tuple(map(step_weights, weights))
     ys, finals, residuals = _forward(kind, step, projections, gxs, carries, mask, save=True)
     return (ys, finals), (weights, xs, mask, residuals)
