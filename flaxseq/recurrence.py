@@ -20,6 +20,10 @@ The rules, with the measurements behind them in `docs/performance.md`:
   one transposed copy of the gate gradients up to `TRANSPOSED_COPY_BYTES`, above it from the
   per-gate parts as they are and one transposed copy of the input and of `h`. A step's own
   gradient is its kind's `StepGradient`, or JAX's differentiation of its step.
+- Outputs come out time-major, or batch-major (`[batch, time, ...]`, for a batch-first
+  layer's last layer): the loop writes each step's output into its place in that layout and
+  the backward loop reads each step's output gradient from there, so no transposed copy is
+  made on either side, and what the caller computes from the outputs reads a row-major array.
 - Variable lengths give what PyTorch's packed sequences give: outputs past a sequence's length
   are zero, the final carry is the state at its last valid step, and the reverse direction
   starts at each sequence's own last element (it reads each valid prefix reversed in place).
@@ -49,7 +53,7 @@ def reverse_index(lengths: jax.Array, time_steps: int) -> jax.Array:
 
 def scan_layer(
     kind: CellKind, weights: list[Weights], x: jax.Array, carries: list, lengths: jax.Array | None = None,
-    custom_gradient: bool = True,
+    custom_gradient: bool = True, batch_major: bool = False,
 ):
     """Run one layer over the time axis of `x`: its directions, forward then reverse, in one loop.
 
@@ -66,31 +70,33 @@ def scan_layer(
         clipped to [0, time]; a sequence of length 0 gives zero outputs and keeps its carry.
       custom_gradient: differentiate by the hand-written loop gradient (reverse mode only);
         False: let JAX differentiate the loop (`plain_recurrence`), which forward mode needs.
+      batch_major: the outputs as `[batch, time, proj or hidden]`, written so by the loop.
 
     Returns:
-      `(outputs, finals)`, per direction: outputs `[time, batch, proj or hidden]` in input time
-      order, and the final carry.
+      `(outputs, finals)`, per direction: outputs `[time, batch, proj or hidden]` (`[batch,
+      time, ...]` with `batch_major`) in input time order, and the final carry.
     """
     _check_kind(kind, weights[0], x, carries[0])
     time_steps = x.shape[0]
     if lengths is None:
         mask = None
 
-        def reverse(a):
-            return jnp.flip(a, axis=0)
+        def reverse(a, axis=0):
+            return jnp.flip(a, axis=axis)
     else:
         lengths = jnp.clip(lengths, 0, time_steps)
         mask = jnp.arange(time_steps)[:, None] < lengths[None, :]  # [time, batch]
         x = jnp.where(mask[:, :, None], x, jnp.zeros_like(x))  # the padding is never read
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1], an involution
 
-        def reverse(a):
-            return jnp.take_along_axis(a, index, axis=0)
+        def reverse(a, axis=0):
+            return jnp.take_along_axis(a, index if axis == 0 else jnp.swapaxes(index, 0, 1), axis=axis)
 
     xs = tuple(reverse(x) if direction else x for direction in range(len(weights)))
     loop = recurrence if custom_gradient else plain_recurrence
-    ys, finals = loop(kind, tuple(weights), xs, tuple(carries), mask)
-    ys = [reverse(y) if direction else y for direction, y in enumerate(ys)]
+    ys, finals = loop(kind, batch_major, tuple(weights), xs, tuple(carries), mask)
+    time_axis = 1 if batch_major else 0
+    ys = [reverse(y, time_axis) if direction else y for direction, y in enumerate(ys)]
     return ys, list(finals)
 
 
@@ -122,7 +128,8 @@ def _project_gates(w_ih: jax.Array, x: jax.Array, count: int) -> tuple:
     return tuple(jax.lax.dot_general(x, w, contract) for w in jnp.split(w_ih, count, axis=0))
 
 
-def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carries: tuple, mask, save: bool):
+def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carries: tuple, mask, save: bool,
+             batch_major: bool = False):
     """The loop over time, every direction (a tuple entry each) stepping forward together.
 
     Per direction: `weights` its `StepWeights`, `projections` its `InputWeights`; `xs` either
@@ -131,7 +138,8 @@ def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carr
     `b_ih` either way. With `save`, also the residuals of each step that the backward loop
     reads: the carry before the step, the step's own residuals, and the unprojected `h` with a
     projection; saving from per-gate parts, the loop is `_forward_in_place`. Returns `(ys,
-    finals, residuals)`, each a tuple per direction.
+    finals, residuals)`, each a tuple per direction, `ys` `[time, batch, size]`, or `[batch,
+    time, size]` written so step by step with `batch_major` (`_output_buffers`).
     """
     count = kind.gates
     step_fn = kind.differentiable().forward if save else None
@@ -156,20 +164,38 @@ def _forward(kind: CellKind, weights: tuple, projections: tuple, xs: tuple, carr
         residuals = (carry, saved, u if w.w_hr is not None else ()) if save else ()
         return _select(m, new, carry), (y, residuals)
 
+    outputs = _output_buffers(kind, carries, jax.tree.leaves(xs)[0].shape[0]) if batch_major else None
     if save and all(isinstance(x, tuple) for x in xs):
         plans = tuple(_buffer_plan(step_fn, kind, x, c) for x, c in zip(xs, carries, strict=True))
-        return _forward_in_place(direction_step, weights, projections, xs, carries, mask, plans)
+        return _forward_in_place(direction_step, weights, projections, xs, carries, mask, plans, outputs)
 
-    def step(carry, inputs):
+    def step(state, inputs):
+        carry, outputs, t = state
         x_t, m = inputs  # per direction [batch, input] or per-gate parts [batch, hidden]; [batch] or None
         steps = [
             direction_step(w, projection, c, x_d, m)
             for w, projection, c, x_d in zip(weights, projections, carry, x_t, strict=True)
         ]
-        return tuple(c for c, _ in steps), tuple(zip(*(out for _, out in steps), strict=True))
+        outputs, ys = _write_outputs(outputs, tuple(y for _, (y, _) in steps), t)
+        return (tuple(c for c, _ in steps), outputs, t + 1), (ys, tuple(r for _, (_, r) in steps))
 
-    finals, (ys, residuals) = jax.lax.scan(step, carries, (xs, mask))
-    return ys, finals, residuals
+    state = (carries, outputs, jnp.zeros((), jnp.int32))
+    (finals, outputs, _), (ys, residuals) = jax.lax.scan(step, state, (xs, mask))
+    return (ys if outputs is None else outputs), finals, residuals
+
+
+def _output_buffers(kind: CellKind, carries: tuple, time_steps: int) -> tuple:
+    """Per direction, the `[batch, time, size]` zeros a batch-major loop writes its outputs into."""
+    return tuple(jnp.zeros((h.shape[0], time_steps, h.shape[1]), h.dtype) for h in map(kind.hidden, carries))
+
+
+def _write_outputs(outputs, ys: tuple, t):
+    """`(outputs, stacked)`: each direction's step-`t` output `[batch, size]` written into its
+    batch-major buffer in `outputs`, nothing left for the scan to stack; `outputs` None
+    (time-major): `(None, ys)`, the scan stacking them."""
+    if outputs is None:
+        return None, ys
+    return tuple(jax.lax.dynamic_update_index_in_dim(o, y, t, 1) for o, y in zip(outputs, ys, strict=True)), ()
 
 
 def _buffer_plan(step_fn, kind: CellKind, parts: tuple, carry):
@@ -201,15 +227,16 @@ def _match_buffers(values, buffers) -> dict:
 
 
 def _forward_in_place(direction_step, weights: tuple, projections: tuple, xs: tuple, carries: tuple, mask,
-                      plans: tuple):
+                      plans: tuple, outputs):
     """`_forward` saving residuals, each step's saved residuals written over the input parts it
     has read (`_buffer_plan`): a part of step t is read only at step t, so its buffer takes the
-    residual of the same shape, and XLA neither fills nor copies an output buffer for it."""
+    residual of the same shape, and XLA neither fills nor copies an output buffer for it.
+    `outputs`: the batch-major output buffers (`_output_buffers`), or None."""
     time_steps = xs[0][0].shape[0]
 
     def step(state, m):
-        carry, buffers, t = state
-        new_carries, new_buffers, outs = [], [], []
+        carry, buffers, outputs, t = state
+        new_carries, new_buffers, outs, ys = [], [], [], []
         for w, projection, c, parts, (plan, _) in zip(weights, projections, carry, buffers, plans, strict=True):
             x_t = tuple(jax.lax.dynamic_index_in_dim(p, t, 0, keepdims=False) for p in parts)
             new, (y, (previous, saved, u)) = direction_step(w, projection, c, x_t, m)
@@ -220,56 +247,59 @@ def _forward_in_place(direction_step, weights: tuple, projections: tuple, xs: tu
             kept = tuple(None if k in plan else leaf for k, leaf in enumerate(leaves))
             new_carries.append(new)
             new_buffers.append(tuple(parts))
-            outs.append((y, previous, kept, u))
-        return (tuple(new_carries), tuple(new_buffers), t + 1), tuple(outs)
+            outs.append((previous, kept, u))
+            ys.append(y)
+        outputs, ys = _write_outputs(outputs, tuple(ys), t)
+        return (tuple(new_carries), tuple(new_buffers), outputs, t + 1), (ys, tuple(outs))
 
-    state = (carries, xs, jnp.zeros((), jnp.int32))
-    (finals, buffers, _), outs = jax.lax.scan(step, state, mask, length=time_steps)
-    ys, residuals = [], []
-    for (y, previous, kept, u), parts, (plan, treedef) in zip(outs, buffers, plans, strict=True):
+    state = (carries, xs, outputs, jnp.zeros((), jnp.int32))
+    (finals, buffers, outputs, _), (ys, outs) = jax.lax.scan(step, state, mask, length=time_steps)
+    residuals = []
+    for (previous, kept, u), parts, (plan, treedef) in zip(outs, buffers, plans, strict=True):
         leaves = [parts[plan[k]] if k in plan else leaf for k, leaf in enumerate(kept)]
-        ys.append(y)
         residuals.append((previous, jax.tree.unflatten(treedef, leaves), u))
-    return tuple(ys), finals, tuple(residuals)
+    return (ys if outputs is None else outputs), finals, tuple(residuals)
 
 
-def plain_recurrence(kind: CellKind, weights: tuple, xs: tuple, carries: tuple, mask):
+def plain_recurrence(kind: CellKind, batch_major: bool, weights: tuple, xs: tuple, carries: tuple, mask):
     """`recurrence` without its hand-written gradient: JAX differentiates the loop itself, in
     forward mode (`jax.jvp`, `jax.jacfwd`) too; the input projection is computed in the loop."""
     ys, finals, _ = _forward(
         kind, tuple(map(step_weights, weights)), tuple(map(input_weights, weights)), xs, carries, mask,
-        save=False,
+        save=False, batch_major=batch_major,
     )
     return ys, finals
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def recurrence(kind: CellKind, weights: tuple, xs: tuple, carries: tuple, mask):
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def recurrence(kind: CellKind, batch_major: bool, weights: tuple, xs: tuple, carries: tuple, mask):
     """`(ys, finals)`, each a tuple per direction, of the loop in `scan_layer`, with a
     hand-written gradient (module docstring). Every direction steps forward in time over its
     own input in `xs` (`[time, batch, input]`) from its carry in `carries`; `mask`: `[time,
-    batch]` booleans (False: skip the step) or None. Not differentiated, a direction's input
-    projection is computed inside the loop above `PROJECTION_BUFFER_BYTES`."""
+    batch]` booleans (False: skip the step) or None. `ys` are `[time, batch, size]`, or `[batch,
+    time, size]` with `batch_major`. Not differentiated, a direction's input projection is
+    computed inside the loop above `PROJECTION_BUFFER_BYTES`."""
     projections = tuple(map(input_weights, weights))
     inputs = tuple(
         x if x.shape[0] * x.shape[1] * w.w_ih.shape[0] * x.dtype.itemsize > PROJECTION_BUFFER_BYTES
         else _project_gates(w.w_ih, x, kind.gates)  # per-gate [time, batch, hidden]
         for w, x in zip(weights, xs, strict=True)
     )
-    ys, finals, _ = _forward(kind, tuple(map(step_weights, weights)), projections, inputs, carries, mask, save=False)
+    ys, finals, _ = _forward(kind, tuple(map(step_weights, weights)), projections, inputs, carries, mask,
+                             save=False, batch_major=batch_major)
     return ys, finals
 
 
-def _recurrence_fwd(kind, weights, xs, carries, mask):
+def _recurrence_fwd(kind, batch_major, weights, xs, carries, mask):
     # per direction, the projection of all steps before the loop, as per-gate parts [time, batch, hidden]
     projections = tuple(map(input_weights, weights))
     gxs = tuple(_project_gates(w.w_ih, x, kind.gates) for w, x in zip(weights, xs, strict=True))
     step = tuple(map(step_weights, weights))
-    ys, finals, residuals = _forward(kind, step, projections, gxs, carries, mask, save=True)
+    ys, finals, residuals = _forward(kind, step, projections, gxs, carries, mask, save=True, batch_major=batch_major)
     return (ys, finals), (weights, xs, mask, residuals)
 
 
-def _recurrence_bwd(kind, residuals, cotangents):
+def _recurrence_bwd(kind, batch_major, residuals, cotangents):
     weights, xs, mask, residuals = residuals  # residuals per direction: (carry_{t-1}, saved, u)
     backward = kind.differentiable().backward
     dys, d_finals = cotangents
@@ -296,7 +326,7 @@ def _recurrence_bwd(kind, residuals, cotangents):
     plans = tuple(_gradient_plan(kind, w, saved, carry) for w, (carry, saved) in
                   zip(weights, loop_residuals, strict=True))
     d_carries, gradients = _backward_in_place(direction_step, weights, tuple(d_finals), loop_residuals, dys,
-                                              mask, plans)
+                                              mask, plans, batch_major)
     d_weights, dxs = [], []
     for w, x, (carries, _, us), (dgx, dgh, dh_totals) in zip(weights, xs, residuals, gradients, strict=True):
         d_weight, dx = _weight_gradients(w, x, _rows(kind.hidden(carries)), dgx, dgh or dgx)
@@ -376,20 +406,21 @@ def _gradient_plan(kind: CellKind, w: Weights, saved, carry):
 
 
 def _backward_in_place(direction_step, weights: tuple, d_finals: tuple, loop_residuals: tuple, dys: tuple, mask,
-                       plans: tuple):
+                       plans: tuple, batch_major: bool):
     """The backward loop, from the last step to the first, every direction together; each
     step's gate gradients are written over the saved residuals it has read (`_gradient_plan`):
     a residual of step t is read only at step t, so its buffer takes the gradient of the same
     shape, and XLA neither fills nor copies an output buffer for it. Returns `(d_carries,
     gradients)`, per direction `(dgx, dgh, dh_totals)`: `dgx`, `dgh` tuples of per-gate
     `[time, batch, hidden]` (`dgh` `()` where it is `dgx`), `dh_totals` `[time, batch, proj]`
-    with a projection, else `()`.
+    with a projection, else `()`. `dys`: the outputs' gradients, `[time, batch, size]`, or
+    `[batch, time, size]` with `batch_major`, read at each step where they are.
 
     Step t's gradients are written at the start of step t - 1, before its reads (and after the
     loop, at step 0): XLA updates a buffer in place only where every read of it comes after the
     write or feeds it, and several of a step's gradients read the same saved gate. The first
     step writes the residuals it is about to read back over themselves."""
-    time_steps = dys[0].shape[0]
+    time_steps = dys[0].shape[1 if batch_major else 0]
     last = time_steps - 1
     orders, buffers, read = [], [], []  # per direction: the leaves taken (buffers), the others read per step
     for (carries, saved), (plan, _) in zip(loop_residuals, plans, strict=True):
@@ -403,6 +434,8 @@ def _backward_in_place(direction_step, weights: tuple, d_finals: tuple, loop_res
     def step(state, inputs):
         d_carry, buffers, pending, t = state
         read_t, dy, m = inputs
+        if batch_major:
+            dy = tuple(jax.lax.dynamic_index_in_dim(d, t, 1, keepdims=False) for d in dys)
         new_d, new_buffers, new_pending, outs = [], [], [], []
         for w, d_c, bufs, ready, (carry, kept), dy_d, (plan, treedef), order in zip(
                 weights, d_carry, buffers, pending, read_t, dy, plans, orders, strict=True):
@@ -423,7 +456,9 @@ def _backward_in_place(direction_step, weights: tuple, d_finals: tuple, loop_res
         return (tuple(new_d), tuple(new_buffers), tuple(new_pending), t - 1), tuple(outs)
 
     state = (d_finals, tuple(buffers), pending, jnp.asarray(last, jnp.int32))
-    (d_carries, buffers, pending, _), outs = jax.lax.scan(step, state, (tuple(read), dys, mask), reverse=True)
+    scanned_dys = None if batch_major else dys
+    (d_carries, buffers, pending, _), outs = jax.lax.scan(step, state, (tuple(read), scanned_dys, mask),
+                                                          reverse=True)
     gradients = []
     for (dgx, dgh, dh_totals), bufs, ready, (plan, _), order in zip(outs, buffers, pending, plans, orders,
                                                                   strict=True):

@@ -145,31 +145,30 @@ def run(
     training = dropout_keys is not None and config.dropout > 0
 
     finals = []
+    batch_major = batched and config.batch_first  # the last layer's outputs come out batch first
     if use_cudnn:
         cudnn.check_call(dropout=config.dropout, deterministic=not training, dtype=dtype)
         h0 = jnp.stack([h for h, _ in carries])  # [layers * directions, batch, hidden]
         c0 = jnp.stack([c for _, c in carries])
         x, (h_n, c_n) = cudnn.lstm(weights, x, h0, c0, lengths, config.num_layers, config.bidirectional)
         finals = list(zip(h_n, c_n, strict=True))
+        x = jnp.swapaxes(x, 0, 1) if batch_major else x
     for layer in range(0 if use_cudnn else config.num_layers):
         cells = range(layer * directions, (layer + 1) * directions)  # forward, then reverse
+        last = layer == config.num_layers - 1
         outputs, states = scan_layer(
-            kind, [weights[k] for k in cells], x, [carries[k] for k in cells], lengths, custom_gradient
-        )  # outputs: per direction [time, batch, output_size]
+            kind, [weights[k] for k in cells], x, [carries[k] for k in cells], lengths, custom_gradient,
+            batch_major=batch_major and last,
+        )  # outputs: per direction [time, batch, output_size], the last layer's batch first with batch_major
         finals += states
         x = jnp.concatenate(outputs, axis=-1) if directions == 2 else outputs[0]
         if layer < config.num_layers - 1 and training:
             x = dropout(x, config.dropout, dropout_keys[layer])
 
-    # x: [time, batch, directions * output_size]
-    if not batched:
-        output = x[:, 0]
-    elif config.batch_first:
-        # materialized as its own array: a consumer fused with the transpose, such as a mean
-        # over all outputs, hits a slow XLA:CPU reduction (`docs/performance.md`, finding 18)
-        output = jax.lax.optimization_barrier(jnp.swapaxes(x, 0, 1))
-    else:
-        output = x
+    # x: [time, batch, directions * output_size], [batch, time, ...] with batch_major: the loop
+    # writes it so, for a transposed array reduced by XLA:CPU is slow (`docs/performance.md`,
+    # findings 18 and 40)
+    output = x if batched else x[:, 0]
 
     def stack(states):  # [layers * directions, batch, size], or without batch when unbatched
         states = jnp.stack(states)

@@ -185,6 +185,47 @@ def test_weight_gradients_from_the_parts_match(mode, monkeypatch):
     assert barriers() == 2 * 2 * (2 + 2 * gates) + projection  # v^T of x and h, (v^T dz_k) for W_ih and W_hh
 
 
+@pytest.mark.parametrize("kind, lengths", [("LSTM", True), ("GRU", False)])
+def test_batch_first_outputs_are_written_by_the_loop(kind, lengths):
+    """With `batch_first`, the last layer's loop writes its outputs `[batch, time, size]` step
+    by step (a loop carry of that shape, forward and backward, no transpose of the output
+    outside the loops; finding 40), and the output and gradients equal the time-major layer's on
+    the same data (float64), by the hand-written gradient and by JAX's alike."""
+    batch_first = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, batch_first=True, param_dtype=jnp.float64)
+    time_major = batch_first.clone(batch_first=False)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((3, 6, 4)))  # [batch, time, input]
+    kwargs = {"lengths": jnp.asarray([6, 2, 4])} if lengths else {}
+    params = batch_first.init(jax.random.key(0), x)["params"]
+    weight = jnp.asarray(rng.standard_normal((3, 6, 10)))
+
+    def loss(module, params, x, first):
+        output = module.apply({"params": params}, x if first else jnp.swapaxes(x, 0, 1), **kwargs)[0]
+        return jnp.sum(weight * (output if first else jnp.swapaxes(output, 0, 1))), output
+
+    def value_and_grad(m, first):
+        return jax.jit(jax.value_and_grad(lambda p, x: loss(m, p, x, first), (0, 1), has_aux=True))(params, x)
+
+    autodiff = batch_first.clone(custom_gradient=False)
+    results = [value_and_grad(m, first) for m, first in ((batch_first, True), (time_major, False), (autodiff, True))]
+    (_, output), _ = results[0]
+    np.testing.assert_allclose(output, jnp.swapaxes(results[1][0][1], 0, 1), rtol=1e-13, atol=1e-13)
+    for other in results[1:]:
+        for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(other[1]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(batch_first, p, x, True)[0]))(params).jaxpr
+    carried = []
+    for eqn in _all_eqns(jaxpr):
+        if eqn.primitive.name == "scan":
+            start = eqn.params["num_consts"]
+            carries = eqn.invars[start:start + eqn.params["num_carry"]]
+            carried.append(sum(v.aval.shape == (3, 6, 5) for v in carries))
+    assert sorted(carried) == [0, 0, 0, 2]  # of four loops, the last layer's forward one: one a direction
+    assert not any(e.primitive.name == "transpose" and e.invars[0].aval.shape == (6, 3, 10)
+                   for e in _eqns_outside_loops(jaxpr))
+
+
 def _eqns_outside_loops(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn
