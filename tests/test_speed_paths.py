@@ -226,6 +226,21 @@ def test_batch_first_outputs_are_written_by_the_loop(kind, lengths):
                    for e in _eqns_outside_loops(jaxpr))
 
 
+def test_a_loss_over_the_batch_first_output_is_a_plain_reduction():
+    """XLA:CPU rewrites a sum over an array it holds transposed into a slow tree of 32-wide
+    windows (finding 18, again in finding 40); the batch-first output is written batch first, so
+    the compiled step of `(output ** 2).mean()` and its gradient holds no `reduce-window`."""
+    module = flaxseq.LSTM(4, 64, batch_first=True)
+    x = jnp.ones((16, 40, 4))  # [batch, time, input]; more than 32 steps, where the rewrite starts
+    params = module.init(jax.random.key(0), x)["params"]
+
+    def loss(params):
+        return (module.apply({"params": params}, x)[0] ** 2).mean()
+
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile().as_text()
+    assert "reduce-window" not in compiled
+
+
 def _eqns_outside_loops(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn
