@@ -21,10 +21,24 @@ from flaxseq.kinds import CellKind
 from flaxseq.weights import Weights, cell_shapes, declare
 
 
-class _Cell(nn.Module):
+class _CellKindModule(nn.Module):
+    """A linen module that says what it computes through `cell_kind()`, a cell's or a layer's.
+
+    `cell_kind()` is read outside `init` and `apply` (the configuration checks of
+    `__post_init__`, `tabulate`), where linen refuses a wrapped method: every subclass's
+    `cell_kind`, the built-in ones and a user's override alike, is kept out of linen's wrapping
+    as `nn.nowrap` would, so that overriding it needs nothing more."""
+
+    def __init_subclass__(cls, **kwargs):
+        method = cls.__dict__.get("cell_kind")
+        if callable(method):
+            nn.nowrap(method)
+        super().__init_subclass__(**kwargs)
+
+
+class _Cell(_CellKindModule):
     """The call the cells share; a cell says what it is through `cell_kind()` and its fields."""
 
-    @nn.nowrap
     def cell_kind(self) -> CellKind:
         return self.kind
 
@@ -97,7 +111,6 @@ class RNNCell(_Cell):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
-    @nn.nowrap
     def cell_kind(self) -> CellKind:
         checks.check_nonlinearity(self.nonlinearity)
         return kinds.rnn(self.nonlinearity)

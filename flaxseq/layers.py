@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxseq import checks, cudnn, kinds, stack
+from flaxseq.cells import _CellKindModule
 from flaxseq.init import recurrent_uniform
 from flaxseq.kinds import CellKind
 
@@ -27,14 +28,13 @@ class _DropoutKey(nn.Module):
         return self.make_rng("dropout")
 
 
-class _Stack(nn.Module):
+class _Stack(_CellKindModule):
     """The body the layers share: declare the parameters, then `flaxseq.stack.run`.
 
     A layer says what it is through `cell_kind()` and its fields; nothing here depends on the
     class's name, so a subclass behaves as its base.
     """
 
-    @nn.nowrap
     def cell_kind(self) -> CellKind:
         return self.kind
 
@@ -164,7 +164,6 @@ class RNN(_Stack):
     param_dtype: Any = jnp.float32
     custom_gradient: bool = True
 
-    @nn.nowrap
     def cell_kind(self) -> CellKind:
         checks.check_nonlinearity(self.nonlinearity)
         return kinds.rnn(self.nonlinearity)

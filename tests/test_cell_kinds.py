@@ -256,3 +256,29 @@ def test_relu_subclass_is_not_tanh():
     variables = flaxseq.RNNCell(INPUT, HIDDEN).init(jax.random.key(0), x)
     h = MyRNNCell(INPUT, HIDDEN, nonlinearity="relu").apply(variables, x)
     assert float(h.min()) == 0.0 and float(h.max()) > 1.0  # relu's range, not tanh's
+
+
+class ReluRNN(flaxseq.RNN):
+    def cell_kind(self):  # no nn.nowrap: the base keeps it out of linen's wrapping
+        return flaxseq.kinds.RNN_RELU
+
+
+class ReluRNNCell(flaxseq.RNNCell):
+    def cell_kind(self):
+        return flaxseq.kinds.RNN_RELU
+
+
+@pytest.mark.parametrize("sub, base, cell", [(ReluRNN, flaxseq.RNN, False), (ReluRNNCell, flaxseq.RNNCell, True)])
+def test_a_subclass_overriding_cell_kind_computes_that_kind(sub, base, cell):
+    """A plain override of `cell_kind()` is what the layer computes, in `apply` and `tabulate`
+    alike: relu where the base's fields say tanh."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((BATCH, INPUT) if cell else (TIME, BATCH, INPUT))) * 5
+    variables = base(INPUT, HIDDEN).init(jax.random.key(0), x)
+    got = sub(INPUT, HIDDEN).apply(variables, x)
+    want = base(INPUT, HIDDEN, nonlinearity="relu").apply(variables, x)
+    tanh = base(INPUT, HIDDEN).apply(variables, x)
+    for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(tanh), strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+    assert sub.__name__ in sub(INPUT, HIDDEN).tabulate(jax.random.key(0), x)
