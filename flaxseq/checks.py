@@ -115,11 +115,14 @@ def parameter_names(fn) -> set[str]:
         return set()
 
 
-def flax_rnn_refusal(cell, rnn: str, adapter: str) -> TypeError:
+def flax_rnn_refusal(
+    cell, rnn: str, adapter: str, call: str = "PyTorch's cell(input, hx) -> hx'",
+    how: str = "(cell): outputs, final = CellScan(cell)(x, hx), x: [time, batch, features]",
+) -> TypeError:
     """The error for a flaxseq cell handed to flax's `rnn` (`flax.linen.RNN`, `flax.nnx.RNN`),
-    which calls a cell as `(carry, x) -> (carry, y)`, naming the `adapter` that scans it."""
+    which calls a cell as `(carry, x) -> (carry, y)`: the cell's own `call`, and the `adapter`
+    that runs it over time, used as `how` says."""
     return TypeError(
-        f"{class_name(cell)} is a flaxseq cell, called as PyTorch's cell(input, hx) -> hx', not as "
-        f"flax's cell(carry, x) -> (carry, y), so {rnn} cannot run it; run it over time with "
-        f"{adapter}(cell): outputs, final = CellScan(cell)(x, hx), x: [time, batch, features]"
+        f"{class_name(cell)} is a flaxseq cell, called as {call}, not as flax's cell(carry, x) -> "
+        f"(carry, y), so {rnn} cannot run it; run it over time with {adapter}{how}"
     )

@@ -44,6 +44,15 @@ class ManualRNNCell(nn.Module):
         checks.check_int("hidden_size", self.hidden_size, 1)
         super().__post_init__()
 
+    @property
+    def num_feature_axes(self) -> int:
+        """Read by `flax.linen.RNN`, which calls a cell as `(carry, x) -> (carry, y)`; this
+        cell's call is `(x, h_prev) -> h`, so it is refused here, naming the model that loops it."""
+        raise checks.flax_rnn_refusal(
+            self, "flax.linen.RNN", "flaxseq.ManualRNN", call="cell(x, h_prev) -> h",
+            how="(input_size, hidden_size, output_size): outputs, h = model(x), x: [batch, time, features]",
+        )
+
     @nn.compact
     def __call__(self, x, h_prev) -> jax.Array:
         x = checks.as_float_array("x", x)

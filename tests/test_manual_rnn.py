@@ -1,5 +1,8 @@
 """`ManualRNNCell` and `ManualRNN` against the PyTorch references: parity, conversion, jit, errors."""
 
+import re
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +89,14 @@ def test_bad_cell_input():
         cell.apply(variables, jnp.zeros((2, 4)), jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match=r"x must have shape \[batch, input_size\], got a 1-D array"):
         cell.apply(variables, jnp.zeros(4), jnp.zeros((2, 3)))
+
+
+def test_flax_rnn_refuses_the_cell_naming_the_model_that_loops_it():
+    """`flax.linen.RNN` calls a cell as `(carry, x) -> (carry, y)`; this one is `(x, h_prev) -> h`."""
+    message = ("ManualRNNCell is a flaxseq cell, called as cell(x, h_prev) -> h, not as flax's cell(carry, x) -> "
+               "(carry, y), so flax.linen.RNN cannot run it; run it over time with flaxseq.ManualRNN(")
+    with pytest.raises(TypeError, match=re.escape(message)):
+        nn.RNN(flaxseq.ManualRNNCell(4, 3)).init(jax.random.key(0), jnp.zeros((2, 5, 4)))
 
 
 def test_bad_config():
