@@ -50,6 +50,22 @@ def tensor_diff(name: str, a, b) -> TensorDiff:
     return TensorDiff(name, max_abs, rel)
 
 
+def _check_outputs_match(names: tuple, flax_out: list, torch_out: list) -> None:
+    """The two sides' flattened outputs must pair up one to one, each pair of one shape, before
+    either side's loss is formed from them. Raises `ValueError` naming what differs."""
+    def shapes(outputs):
+        return ", ".join(str(tuple(o.shape)) for o in outputs)
+
+    if len(torch_out) != len(flax_out):
+        raise ValueError(
+            f"flaxseq returns {len(flax_out)} outputs [{shapes(flax_out)}], PyTorch {len(torch_out)} "
+            f"[{shapes(torch_out)}] (torch_call must return what the flaxseq module returns, in its order)"
+        )
+    for name, a, b in zip(names, flax_out, torch_out, strict=True):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"{name}: flaxseq gives shape {tuple(a.shape)}, PyTorch {tuple(b.shape)}")
+
+
 @dataclass
 class Report:
     """Per-tensor differences of one comparison, in one dtype."""
@@ -198,6 +214,8 @@ def compare(
     )
     with masked as torch_log:
         torch_out = jax.tree.leaves(torch_call(torch_module, *torch_args, **torch_kwargs))
+    names = output_names or tuple(f"out[{i}]" for i in range(len(flax_out)))
+    _check_outputs_match(names, flax_out, torch_out)
     torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in zip(weights, torch_out, strict=True) if w is not None)
     torch_loss.backward()
 
@@ -205,9 +223,6 @@ def compare(
     if train:
         report.problems = dropout.check_sites(side.log, torch_log, torch_module)
         report.dropout_sites = side.log.summary()
-    names = output_names or tuple(f"out[{i}]" for i in range(len(flax_out)))
-    if len(torch_out) != len(flax_out):
-        raise ValueError(f"flaxseq returns {len(flax_out)} outputs, PyTorch {len(torch_out)}")
     for name, a, b in zip(names, flax_out, torch_out, strict=True):
         report.outputs.append(tensor_diff(name, a, b.detach().numpy()))
         if _is_float(a):
