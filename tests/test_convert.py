@@ -142,3 +142,41 @@ def test_user_rule_registration():
         assert all(torch.equal(back.state_dict()[k], v) for k, v in torch_module.state_dict().items())
     finally:
         parity.convert._RULES.remove(rule)
+
+
+def test_compare_names_outputs_that_do_not_pair_up():
+    """`torch_call` returning fewer outputs, or one of another shape, is named before either
+    side's loss is formed (it was zip's or torch's broadcasting error)."""
+    lstm = torch.nn.LSTM(5, 7)
+    twin, variables = parity.from_torch(lstm)
+    x = np.random.default_rng(0).standard_normal((4, 2, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match=re.escape("flaxseq returns 3 outputs [(4, 2, 7), (1, 2, 7), (1, 2, 7)], "
+                                                   "PyTorch 1 [(4, 2, 7)]")):
+        parity.compare(lstm, twin, variables, (x,), torch_call=lambda m, x: m(x)[0])
+    with pytest.raises(ValueError, match=re.escape("out[0]: flaxseq gives shape (4, 2, 7), PyTorch (3, 2, 7)")):
+        parity.compare(lstm, twin, variables, (x,), torch_call=lambda m, x: (m(x)[0][:-1], m(x)[1]))
+
+
+@pytest.mark.parametrize("front_end", ["linen", "nnx"])
+def test_bfloat16_modules_convert_both_ways_bit_for_bit(front_end):
+    """numpy has no bfloat16: a bfloat16 module converts from memory, and back, through an
+    integer view (it was torch's `TypeError: Got unsupported ScalarType BFloat16`)."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, 2, bidirectional=True).to(torch.bfloat16)
+    if front_end == "linen":
+        twin, variables = parity.from_torch(lstm)
+        assert twin.param_dtype == jnp.bfloat16
+        values = parity.to_state_dict(twin, variables)
+        back = parity.to_torch(twin, variables)
+    else:
+        twin = parity.from_torch(lstm, api="nnx")
+        values = parity.to_state_dict(twin)
+        back = parity.to_torch(twin)
+    for name, tensor in lstm.state_dict().items():
+        assert values[name].dtype == jnp.bfloat16
+        assert np.array_equal(np.asarray(values[name]).view(np.int16), tensor.view(torch.int16).numpy()), name
+        assert back.state_dict()[name].dtype == torch.bfloat16 and torch.equal(back.state_dict()[name], tensor), name
+    mapping_twin = flaxseq.LSTM(3, 4, 2, bidirectional=True, param_dtype=jnp.bfloat16)
+    mapping_variables = parity.from_state_dict(mapping_twin, lstm.state_dict())  # a mapping of bfloat16 tensors
+    for name, tensor in parity.to_torch(mapping_twin, mapping_variables).state_dict().items():
+        assert torch.equal(tensor, lstm.state_dict()[name]), name
