@@ -31,6 +31,7 @@ import parity.nnx as parity_nnx
 from flaxseq.torch_file import load_torch_state_dict
 from parity import rules
 from parity import ties as tying
+from parity.arrays import numpy_dtype, to_numpy, to_tensor, torch_dtype
 from parity.rules import torch_name
 
 
@@ -124,16 +125,6 @@ def _rule_ties(module) -> dict[str, str]:
         return {}
 
 
-def torch_dtype(dtype) -> torch.dtype:
-    """The torch dtype of a numpy/JAX dtype."""
-    return getattr(torch, np.dtype(dtype).name)
-
-
-def numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    """The numpy dtype of a torch dtype."""
-    return np.dtype(str(dtype).removeprefix("torch."))
-
-
 def module_dtype(module: torch.nn.Module) -> np.dtype:
     """The dtype of a PyTorch module's parameters (float32 when it has none)."""
     param = next(module.parameters(), None)
@@ -196,12 +187,6 @@ def read_state_dict(state_dict_or_path) -> Mapping[str, Any]:
     return state_dict_or_path
 
 
-def _as_numpy(value) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
 def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any]) -> tuple[dict, list[str]]:
     """`state_dict` against `expected` (PyTorch's key -> shape in PyTorch's layout): the values
     as numpy arrays, and every problem: missing, unexpected, non-floating (integer, boolean),
@@ -214,7 +199,7 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
     if unexpected:
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
     for key in sorted(set(expected) & set(state_dict)):
-        value = _as_numpy(state_dict[key])
+        value = to_numpy(state_dict[key])
         if not jnp.issubdtype(value.dtype, jnp.floating):
             problems.append(f"{key}: expected floating-point weights, got dtype {value.dtype}")
         elif value.shape != tuple(expected[key]):
@@ -255,7 +240,7 @@ def from_state_dict(module, state_dict, example_args: tuple | None = None, *,
         key, transposed = torch_name(path, len(spec.shape))
         by_key[key] = (path, transposed, tuple(spec.shape)[::-1] if transposed else tuple(spec.shape))
     expected = {k: shape for k, (_, _, shape) in by_key.items()}
-    state_dict, tie_problems = tying.split_aliases(expected, state_dict, ties, _as_numpy)
+    state_dict, tie_problems = tying.split_aliases(expected, state_dict, ties, to_numpy)
     values, problems = check_state_dict(expected, state_dict)
     problems = tie_problems + problems
     if problems:
@@ -294,7 +279,7 @@ def to_torch(flax_module, variables: Mapping | None = None, *, ties: Mapping[str
     if isinstance(flax_module, nnx.Module):
         return parity_nnx.to_torch(flax_module, ties=ties)
     torch_module = find_rule(flax_module).to_torch(flax_module)
-    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(flax_module, variables, ties=ties).items()}
+    state_dict = {k: to_tensor(v) for k, v in to_state_dict(flax_module, variables, ties=ties).items()}
     dtypes = {v.dtype for v in state_dict.values()}
     if len(dtypes) == 1:
         torch_module = torch_module.to(dtypes.pop())

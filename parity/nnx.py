@@ -22,6 +22,7 @@ from flax.traverse_util import flatten_dict
 
 from parity import rules
 from parity import ties as tying
+from parity.arrays import numpy_dtype, to_numpy, to_tensor
 from parity.rules import torch_name
 
 
@@ -87,7 +88,7 @@ def find_nnx_rule(module) -> NNXRule:
 
 def _torch_param_dtype(module: torch.nn.Module) -> np.dtype:
     param = next(module.parameters(), None)
-    return np.dtype("float32") if param is None else np.dtype(str(param.dtype).removeprefix("torch."))
+    return np.dtype("float32") if param is None else numpy_dtype(param.dtype)
 
 
 def _flat_params(module: nnx.Module) -> dict[str, tuple[nnx.Variable, bool]]:
@@ -148,7 +149,7 @@ def from_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *, ties: 
         key: tuple(v[...].shape)[::-1] if transposed else tuple(v[...].shape) for key, (v, transposed) in params.items()
     }
     ties = {**shared_ties(module), **(ties or {})}
-    state_dict, problems = tying.split_aliases(expected, state_dict, ties, _as_numpy)
+    state_dict, problems = tying.split_aliases(expected, state_dict, ties, to_numpy)
     values, more = problems_of(expected, state_dict)
     problems += more
     if problems:
@@ -157,10 +158,6 @@ def from_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *, ties: 
         variable, transposed = params[key]
         variable[...] = jnp.asarray(value.T if transposed else value)
     return module
-
-
-def _as_numpy(value) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 def from_torch(torch_module: torch.nn.Module, fill: Callable) -> nnx.Module:
@@ -178,7 +175,7 @@ def to_torch(module: nnx.Module, ties: Mapping[str, str] | None = None) -> torch
     module's shared parameters and `ties` tied again."""
     torch_module = find_nnx_rule(module).to_torch(module)
     ties = {**shared_ties(module), **(ties or {})}
-    state_dict = {k: torch.from_numpy(np.array(v)) for k, v in to_state_dict(module, ties).items()}
+    state_dict = {k: to_tensor(v) for k, v in to_state_dict(module, ties).items()}
     torch_module.load_state_dict(state_dict, strict=True)
     modes = [m.deterministic for _, m in nnx.iter_modules(module) if hasattr(m, "deterministic")]
     return tying.retie(torch_module, ties).train(not all(modes))
