@@ -107,11 +107,16 @@ class Log:
         return len(calls) - 1
 
     def summary(self) -> list[str]:
-        """`'drop: 2 calls'`, `'lstm: 1 call, between layers'`, in site order."""
+        """`'drop: 2 calls'`, `'lstm: 1 call, between layers'`, in site order; the compared
+        module's own site (PyTorch's name `''`) reads `'the module'`."""
         def count(n):
             return f"{n} call{'s' * (n != 1)}"
-        rows = [f"{site}: {count(len(calls))}" for site, calls in self.dropouts.items()]
-        return rows + [f"{site}: {count(len(calls))}, between layers" for site, calls in self.layers.items()]
+
+        def named(site):
+            return site or "the module"
+
+        rows = [f"{named(site)}: {count(len(calls))}" for site, calls in self.dropouts.items()]
+        return rows + [f"{named(site)}: {count(len(calls))}, between layers" for site, calls in self.layers.items()]
 
 
 _ACTIVE: list["_FlaxRecorder"] = []  # the recorder of the flax forward being traced (NNX reads it)

@@ -168,7 +168,7 @@ def test_bare_layer_with_input_and_state_gradients():
                             torch_call=parity.layers.torch_forward, input_names=("input", "h_0"))
     assert report.passed, report.failures()
     assert {"dinput", "dh_0"} <= {d.name for d in report.gradients}
-    assert report.dropout_sites == [": 1 call, between layers"]
+    assert report.dropout_sites == ["the module: 1 call, between layers"]
 
 
 # --- comparisons that must fail -----------------------------------------------------------
