@@ -15,6 +15,7 @@ one for your own modules (`copy_rule` where the constructor arguments agree), as
 import dataclasses
 import inspect
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,6 +199,7 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
         problems.append(f"missing keys: {', '.join(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    problems += _list_names_hint(missing, unexpected)
     for key in sorted(set(expected) & set(state_dict)):
         value = to_numpy(state_dict[key])
         if not jnp.issubdtype(value.dtype, jnp.floating):
@@ -212,6 +214,24 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
         else:
             values[key] = value
     return values, problems
+
+
+def _list_names_hint(missing: list[str], unexpected: list[str]) -> list[str]:
+    """A hint where missing keys are unexpected ones with `_i` for `.i` (`layers_0.weight` for
+    `layers.0.weight`): linen's names for a list attribute's submodules against PyTorch's
+    `nn.ModuleList`'s; else nothing."""
+    as_torch = {re.sub(r"_(\d+)(?=\.)", r".\1", key): key for key in missing}
+    pairs = [(as_torch[key], key) for key in unexpected if key in as_torch]
+    if not pairs:
+        return []
+    ours, theirs = pairs[0]
+    name = re.match(r"(.*?)_\d+\.", ours).group(1)
+    return [
+        f"hint: {len(pairs)} missing keys differ from unexpected ones by '_i' for '.i' (the twin's {ours} for "
+        f"PyTorch's {theirs}): linen names a list attribute's submodules {name}_0, {name}_1, ..., PyTorch's "
+        f"nn.ModuleList {name}.0, {name}.1, ...; give the submodules PyTorch's names (name=f'{name}.{{i}}' in "
+        "an nn.compact call), or use NNX, whose nnx.List keeps them"
+    ]
 
 
 def from_state_dict(module, state_dict, example_args: tuple | None = None, *,

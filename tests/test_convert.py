@@ -180,3 +180,44 @@ def test_bfloat16_modules_convert_both_ways_bit_for_bit(front_end):
     mapping_variables = parity.from_state_dict(mapping_twin, lstm.state_dict())  # a mapping of bfloat16 tensors
     for name, tensor in parity.to_torch(mapping_twin, mapping_variables).state_dict().items():
         assert torch.equal(tensor, lstm.state_dict()[name]), name
+
+
+def test_a_linen_list_of_layers_gets_a_hint_and_pytorch_names_convert():
+    """A ModuleList's `layers.0` against a linen list attribute's `layers_0`: the refusal says
+    so, and the twin with PyTorch's names (the hint's way) loads and matches."""
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.GRU(4, 4) for _ in range(2)])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)[0]
+            return x
+
+    class ListTwin(flax.linen.Module):
+        def setup(self):
+            self.layers = [flaxseq.GRU(4, 4) for _ in range(2)]
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = layer(x)[0]
+            return x
+
+    class NamedTwin(flax.linen.Module):
+        @flax.linen.compact
+        def __call__(self, x):
+            for i in range(2):
+                x = flaxseq.GRU(4, 4, name=f"layers.{i}")(x)[0]
+            return x
+
+    torch.manual_seed(0)
+    stack = Stack()
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=re.escape("hint: 8 missing keys differ from unexpected ones by '_i' for "
+                                                   "'.i' (the twin's layers_0.bias_hh_l0 for PyTorch's "
+                                                   "layers.0.bias_hh_l0)")):
+        parity.from_state_dict(ListTwin(), stack.state_dict(), example_args=(x,))
+    variables = parity.from_state_dict(NamedTwin(), stack.state_dict(), example_args=(x,))
+    report = parity.compare(stack, NamedTwin(), variables, (x,))
+    assert report.passed, report.failures()
