@@ -179,3 +179,13 @@ def test_from_state_dict_is_strict():
 def test_bad_input_same_messages_as_linen(make, error, message):
     with pytest.raises(error, match=re.escape(message)):
         make()
+
+
+def test_layer_norm_takes_rngs_as_the_other_modules_do():
+    """`rngs=` as for every other module and flax's `nnx.LayerNorm` (it was a TypeError); it
+    draws nothing, so the module is the one built without it."""
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    with_rngs = flaxseq.nnx.LayerNorm(5, rngs=nnx.Rngs(7))
+    plain = flaxseq.nnx.LayerNorm(5)
+    assert np.array_equal(with_rngs.weight[...], np.ones(5)) and np.array_equal(with_rngs.bias[...], np.zeros(5))
+    np.testing.assert_array_equal(with_rngs(x), plain(x))

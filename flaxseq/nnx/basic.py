@@ -112,15 +112,17 @@ class LayerNorm(nnx.Module):
 
     `y = (x - mean) / sqrt(var + eps) * weight + bias` over the trailing `normalized_shape`
     axes, the variance biased; `weight` (ones) and `bias` (zeros) of `normalized_shape`, absent
-    without `elementwise_affine` (and `bias` without `bias`). No random draws: no `rngs`.
+    without `elementwise_affine` (and `bias` without `bias`). It draws nothing: `rngs` is
+    taken, as by the other modules and flax's `nnx.LayerNorm`, and not used.
 
     >>> norm = LayerNorm(64)
     """
 
     def __init__(
         self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
-        bias: bool = True, *, param_dtype: Any = jnp.float32, dtype: Any = None,
+        bias: bool = True, *, rngs: nnx.Rngs | None = None, param_dtype: Any = jnp.float32, dtype: Any = None,
     ):
+        del rngs  # no random initialisation
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         for size in shape:
             checks.check_int("normalized_shape", size, 1)
