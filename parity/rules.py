@@ -26,13 +26,32 @@ def torch_name(flax_path: tuple[str, ...], ndim: int | None = None) -> tuple[str
 
 def find(rules: list, module, types, register_name: str):
     """The first rule in `rules` one of whose classes (`types(rule)`) is `type(module)` or its
-    nearest base class; `TypeError` naming the known ones and `register_name` otherwise."""
-    for cls in type(module).__mro__:
+    nearest base class; `TypeError` naming the known ones and `register_name` otherwise.
+
+    A subclass that defines its own call (`forward`, `__call__`) computes something its base's
+    rule does not know: it is refused (`TypeError`), not converted as its base."""
+    mro = type(module).__mro__
+    for depth, cls in enumerate(mro):
         for rule in rules:
             if cls in types(rule):
+                _check_same_call(mro[:depth], cls, register_name)
                 return rule
     known = ", ".join(sorted(r.torch_type.__name__ for r in rules))
     raise TypeError(
         f"no conversion rule for {type(module).__module__}.{type(module).__name__}; "
         f"register one with {register_name} (known: {known})"
     )
+
+
+def _check_same_call(subclasses: tuple, base: type, register_name: str) -> None:
+    """`subclasses` (the module's class and its bases below `base`) must not define a call of
+    their own, `forward` or `__call__`, or the twin of `base` would compute something else."""
+    for cls in subclasses:
+        own = [name for name in ("forward", "__call__") if name in vars(cls)]
+        if own:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__} subclasses {base.__module__}.{base.__qualname__} and "
+                f"defines its own {own[0]}: the twin of {base.__qualname__} would compute {base.__qualname__}'s, "
+                f"not its; register a rule for it with {register_name}, or load its state_dict into a twin "
+                "of your own (parity.from_state_dict)"
+            )

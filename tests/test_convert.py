@@ -107,6 +107,28 @@ def test_subclass_uses_base_rule():
     assert isinstance(flax_module, flaxseq.GRU)
 
 
+def test_a_subclass_with_its_own_call_is_refused_not_converted_as_its_base():
+    """Its base's twin would compute the base's call: refused both ways, naming the class (a
+    subclass of `nn.LSTM` doubling its output converted silently as a plain LSTM)."""
+    class Scaled(torch.nn.LSTM):
+        def forward(self, x, hx=None):
+            output, state = super().forward(x, hx)
+            return 2 * output, state
+
+    class Shifted(flaxseq.GRU):
+        def __call__(self, x, *args, **kwargs):
+            output, state = super().__call__(x, *args, **kwargs)
+            return output + 1, state
+
+    with pytest.raises(TypeError, match=r"Scaled subclasses torch\.nn\.modules\.rnn\.LSTM and defines its own "
+                                        r"forward: the twin of LSTM would compute LSTM's"):
+        parity.from_torch(Scaled(4, 5))
+    shifted = Shifted(4, 5)
+    variables = shifted.init(jax.random.key(0), jnp.zeros((2, 1, 4)))
+    with pytest.raises(TypeError, match=r"Shifted subclasses flaxseq\.layers\.GRU and defines its own __call__"):
+        parity.to_torch(shifted, variables)
+
+
 class TorchHead(torch.nn.Module):
     def __init__(self, size):
         super().__init__()
