@@ -4,7 +4,8 @@
 returns a plain `dict` of names to numpy arrays, each with the tensor's shape and dtype, owning
 its memory: float16/32/64, bfloat16 and float8 (`ml_dtypes`), complex64/128, int8/16/32/64,
 uint8/16/32/64 and bool. Views read as torch holds them (storage offsets, strides, tensors
-sharing one storage such as tied weights); the file's `byteorder` entry is honoured.
+sharing one storage); a tensor saved under two names (tied weights) is one array under both,
+as it is one tensor in torch. The file's `byteorder` entry is honoured.
 
 The pickle inside is read by an unpickler that knows only what a state_dict is made of (dicts,
 `collections.OrderedDict`, torch's tensor and parameter rebuilders, its storage classes and
@@ -132,6 +133,7 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(file)
         self.path, self.archive, self.prefix, self.swap = path, archive, prefix, swap
         self.buffers = {}  # key -> _Buffer: tensors sharing a storage read it once
+        self.views = {}  # (storage, offset, size, stride, dtype) -> the array: a tied tensor is one array
 
     def find_class(self, module, name):
         if module == "collections" and name == "OrderedDict":
@@ -180,9 +182,16 @@ class _Unpickler(pickle.Unpickler):
         return self.view(storage, offset, size, stride, storage.dtype)
 
     def view(self, storage, offset, size, stride, dtype) -> np.ndarray:
-        """The tensor at element `offset` of `storage` with `size` and element `stride`, copied."""
+        """The tensor at element `offset` of `storage` with `size` and element `stride`, copied
+        once: the same view again (a tensor saved under two names, tied) is the same array."""
         if not isinstance(storage, _Buffer):
             raise TorchFileError(f"{self.path}: a tensor's storage must be a torch storage, got {storage!r}")
+        where = (storage.key, offset, size, stride, dtype)
+        if where not in self.views:
+            self.views[where] = self._copy(storage, offset, size, stride, dtype)
+        return self.views[where]
+
+    def _copy(self, storage, offset, size, stride, dtype) -> np.ndarray:
         ints = lambda xs: isinstance(xs, tuple) and all(type(x) is int and x >= 0 for x in xs)
         if type(offset) is not int or offset < 0 or not ints(size) or not ints(stride) or len(size) != len(stride):
             raise TorchFileError(

@@ -16,6 +16,8 @@ _VIEWED = {
     torch.bfloat16: (np.dtype(ml_dtypes.bfloat16), torch.int16, np.int16),
     torch.float8_e4m3fn: (np.dtype(ml_dtypes.float8_e4m3fn), torch.int8, np.int8),
     torch.float8_e5m2: (np.dtype(ml_dtypes.float8_e5m2), torch.int8, np.int8),
+    torch.float8_e4m3fnuz: (np.dtype(ml_dtypes.float8_e4m3fnuz), torch.int8, np.int8),
+    torch.float8_e5m2fnuz: (np.dtype(ml_dtypes.float8_e5m2fnuz), torch.int8, np.int8),
 }
 
 

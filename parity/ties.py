@@ -37,7 +37,7 @@ def split_aliases(
     """`state_dict` without the aliases of `ties`, and the problems of each tie: an alias that
     is a parameter itself, a parameter that is not one of `expected` (PyTorch key -> shape), an
     alias whose shape or values differ from its parameter's."""
-    problems = []
+    problems = _untied_problems(expected, state_dict, ties)
     state_dict = dict(state_dict)
     for alias, target in ties.items():
         if alias in expected:
@@ -57,6 +57,42 @@ def split_aliases(
         elif not np.array_equal(value, as_numpy(state_dict[target])):
             problems.append(f"ties: {alias} differs from {target}, to which it is tied")
     return state_dict, problems
+
+
+def _untied_problems(expected: Mapping[str, tuple], state_dict: Mapping[str, Any], ties: Mapping[str, str]
+                     ) -> list[str]:
+    """A problem for each tensor of `state_dict` under two or more names that the twin holds as
+    parameters of its own (`expected`, less the aliases of `ties`): tied in PyTorch, the twin
+    would train them apart. One tensor: the same storage, offset, shape and strides (torch), or
+    the same array (numpy, as `flaxseq.load_torch_state_dict` gives a tied tensor)."""
+    groups: dict[Any, list[str]] = {}
+    for name, value in state_dict.items():
+        if name not in expected or name in ties or _is_empty(value):
+            continue
+        groups.setdefault(_storage_key(value), []).append(name)
+    problems = []
+    for names in groups.values():
+        if len(names) > 1:
+            target, aliases = names[0], names[1:]
+            declared = ", ".join(f"'{alias}': '{target}'" for alias in aliases)
+            problems.append(
+                f"ties: {', '.join(names)} are one tensor in the state_dict (tied in PyTorch), but the twin holds "
+                f"them as {len(names)} parameters: hold it once (flaxseq.basic.TiedLinear, or one nnx.Param in "
+                f"every place) and declare the tie, ties={{{declared}}}"
+            )
+    return problems
+
+
+def _is_empty(value) -> bool:
+    return (value.numel() if isinstance(value, torch.Tensor) else np.size(value)) == 0
+
+
+def _storage_key(value):
+    """What makes two state_dict values one tensor."""
+    if isinstance(value, torch.Tensor):
+        return ("torch", value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
+                tuple(value.stride()), value.dtype)
+    return ("object", id(value))
 
 
 def with_aliases(state_dict: dict, ties: Mapping[str, str]) -> dict:

@@ -1,6 +1,8 @@
 """torch.nn's common modules converted both ways in both front ends, `from_state_dict` for a
 user's own twin, tied parameters, initialisers."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -379,6 +381,41 @@ def test_tie_refusals():
         parity.from_state_dict(twin, model.state_dict(), args, ties={"decoder.weight": "table.weight"})
     with pytest.raises(ValueError, match="unexpected keys: decoder.weight"):
         parity.from_state_dict(twin, model.state_dict(), args)
+
+
+class UntiedLinen(nn.Module):  # the tied model's twin with a decoder weight of its own
+    @nn.compact
+    def __call__(self, ids):
+        encoder = basic.Embedding(11, 6, param_dtype=jnp.float64, name="encoder")
+        return basic.Linear(11, param_dtype=jnp.float64, name="decoder")(jnp.tanh(encoder(ids)))
+
+
+class UntiedNNX(nnx.Module):
+    def __init__(self, *, rngs):
+        self.encoder = fnnx.Embedding(11, 6, rngs=rngs, param_dtype=jnp.float64)
+        self.decoder = fnnx.Linear(6, 11, rngs=rngs, param_dtype=jnp.float64)
+
+    def __call__(self, ids):
+        return self.decoder(jnp.tanh(self.encoder(ids)))
+
+
+def test_an_untied_twin_refuses_a_tied_state_dict(tmp_path):
+    """A weight tied in PyTorch is one tensor under two names; a twin holding two parameters
+    would train them apart: refused, naming both and the tie to declare (it loaded silently),
+    from memory and from a file, in linen and NNX. The same values, not tied, still load."""
+    model = _tied_torch()
+    torch.save(model.state_dict(), tmp_path / "tied.pt")
+    message = re.escape("ties: encoder.weight, decoder.weight are one tensor in the state_dict (tied in PyTorch), "
+                        "but the twin holds them as 2 parameters") + r".*ties=\{'decoder.weight': 'encoder.weight'\}"
+    args = (np.zeros((1,), np.int32),)
+    for source in (model.state_dict(), tmp_path / "tied.pt"):
+        with pytest.raises(ValueError, match=message):
+            parity.from_state_dict(UntiedLinen(), source, args)
+        with pytest.raises(ValueError, match=message):
+            parity.from_state_dict(UntiedNNX(rngs=nnx.Rngs(0)), source)
+    copies = {k: v.clone() for k, v in model.state_dict().items()}  # equal values, two tensors: a user's choice
+    variables = parity.from_state_dict(UntiedLinen(), copies, args)
+    np.testing.assert_array_equal(variables["params"]["decoder"]["kernel"], copies["decoder.weight"].numpy().T)
 
 
 def test_a_file_that_is_not_a_state_dict(tmp_path):

@@ -81,7 +81,8 @@ def test_a_model_state_dict_reads_exactly(tmp_path):
         assert_state_equal(got, state)
     assert "lstm.weight_hr_l1_reverse" in got and got["steps"].dtype == np.int64 and got["mask"].dtype == np.bool_
     assert np.array_equal(got["decoder.weight"], got["embedding.weight"])
-    assert not np.shares_memory(got["decoder.weight"], got["embedding.weight"])  # each array owns its memory
+    assert got["decoder.weight"] is got["embedding.weight"]  # tied: one tensor in torch, one array here
+    assert got["decoder.weight"].flags.owndata and not np.shares_memory(got["decoder.weight"], got["linear.weight"])
 
 
 def test_every_dtype_and_view_reads_exactly(tmp_path):
