@@ -64,6 +64,11 @@ def check_config(config: StackConfig, *, stacklevel: int = 2) -> None:
         input_size=config.input_size, hidden_size=config.hidden_size, num_layers=config.num_layers,
         dropout=config.dropout, proj_size=config.proj_size,
     )
+    if config.proj_size and not config.kind.cell_state:
+        raise ValueError(
+            f"proj_size argument is only supported for a kind with a cell state (LSTM), not {config.kind.name} "
+            f"(got proj_size={config.proj_size})"
+        )
     if config.dropout > 0 and config.num_layers == 1:
         warnings.warn(
             "dropout option adds dropout after all but last recurrent layer, so non-zero "

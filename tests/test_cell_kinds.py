@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import flaxseq
+import flaxseq.nnx
 
 
 def mgu_step(gx, gh, h):
@@ -282,3 +283,46 @@ def test_a_subclass_overriding_cell_kind_computes_that_kind(sub, base, cell):
         np.testing.assert_array_equal(a, b)
         assert not np.array_equal(a, c)
     assert sub.__name__ in sub(INPUT, HIDDEN).tabulate(jax.random.key(0), x)
+
+
+class NNXMguGRU(flaxseq.nnx.GRU):
+    def cell_kind(self):
+        return MGU
+
+
+class NNXMguGRUCell(flaxseq.nnx.GRUCell):
+    def cell_kind(self):
+        return MGU
+
+
+@pytest.mark.parametrize("sub, linen, cell", [(NNXMguGRU, flaxseq.RNNBase, False),
+                                              (NNXMguGRUCell, flaxseq.RNNCellBase, True)])
+def test_an_nnx_subclass_overriding_cell_kind_computes_that_kind(sub, linen, cell):
+    """NNX as linen: the override's kind sizes the parameters (two gates, not the GRU's three)
+    and is what the layer steps, equal to linen's layer of that kind with the same weights (the
+    override was ignored: a GRU)."""
+    from flax import nnx
+
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.standard_normal((BATCH, INPUT) if cell else (TIME, BATCH, INPUT)))
+    module = sub(INPUT, HIDDEN, rngs=nnx.Rngs(0))
+    assert module.cell_kind() is MGU and (module.weight_ih if cell else module.weight_ih_l0)[...].shape == (
+        2 * HIDDEN, INPUT)
+    params = {path[-1]: value for path, value in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+    twin = linen(MGU, INPUT, HIDDEN)
+    want = twin.apply({"params": {k: v[...] for k, v in params.items()}}, x)
+    for a, b in zip(jax.tree.leaves(module(x)), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    if cell:
+        # one step of the loop: the same arithmetic in another order (float64 rounding)
+        np.testing.assert_allclose(flaxseq.nnx.CellScan(module)(x[None])[0][0], want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", [flaxseq.kinds.GRU, flaxseq.kinds.RNN_TANH, MGU])
+def test_proj_size_needs_a_cell_state(kind):
+    """PyTorch's refusal for GRU and RNN, at construction (it failed in XLA at the first call)."""
+    from flax import nnx
+
+    with pytest.raises(ValueError, match=f"proj_size argument is only supported for a kind with a cell state "
+                                         f"\\(LSTM\\), not {kind.name} \\(got proj_size=2\\)"):
+        flaxseq.nnx.RNNBase(kind, INPUT, HIDDEN, proj_size=2, rngs=nnx.Rngs(0))

@@ -42,6 +42,8 @@ class RNNBase(nnx.Module):
     `h_0`, `h_n: [num_layers * num_directions, batch, hidden_size]`, `output: [time, batch,
     num_directions * hidden_size]`. In training mode (a new module's, or after `train()`),
     dropout between layers draws from the `rngs` given at construction; `eval()` turns it off.
+    The kind stepped is `cell_kind()`: the one given, or what a subclass's override returns
+    (read once, at construction, after the subclass has set its own attributes).
 
     >>> layer = RNNBase(flaxseq.kinds.GRU, 10, 20, num_layers=2, rngs=nnx.Rngs(0))
     >>> output, h_n = layer(jnp.ones((5, 3, 10)))  # [5, 3, 20], [2, 3, 20]
@@ -53,10 +55,13 @@ class RNNBase(nnx.Module):
         rngs: nnx.Rngs | None = None, param_dtype: Any = jnp.float32, dtype: Any = None,
         custom_gradient: bool = True, use_cudnn: bool = False,
     ):
+        self.kind = kind
         self.config = stack.StackConfig(
-            kind, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size
+            self.cell_kind(), input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size,
         )
         stack.check_config(self.config, stacklevel=3)
+        self.kind = self.config.kind
         rngs = require_rngs(self, rngs)
         checks.check_x64(param_dtype)
         if use_cudnn:
@@ -70,6 +75,10 @@ class RNNBase(nnx.Module):
             setattr(self, name, nnx.Param(init(rngs.params(), shape, param_dtype)))
         self.deterministic = False
         self.dropout_rngs = rngs["dropout"].fork() if dropout > 0 and num_layers > 1 else nnx.data(None)
+
+    def cell_kind(self) -> CellKind:
+        """The cell kind this layer steps: the `kind` it was built with."""
+        return self.kind
 
     @property
     def num_directions(self) -> int:
@@ -158,13 +167,16 @@ class RNNCellBase(nnx.Module):
     `RNNCellBase(kind, input_size, hidden_size, bias=True, *, rngs, param_dtype, dtype)`;
     `input: [batch, input_size]` or `[input_size]`, `hx` and the result `[batch, hidden_size]`
     each (or `[hidden_size]`), zeros when None. Parameters `weight_ih [gates * hidden, input]`,
-    `weight_hh [gates * hidden, hidden]`, `bias_ih`, `bias_hh [gates * hidden]`.
+    `weight_hh [gates * hidden, hidden]`, `bias_ih`, `bias_hh [gates * hidden]`. The kind
+    stepped is `cell_kind()`, as for `RNNBase`.
     """
 
     def __init__(
         self, kind: CellKind, input_size: int, hidden_size: int, bias: bool = True, *,
         rngs: nnx.Rngs | None = None, param_dtype: Any = jnp.float32, dtype: Any = None,
     ):
+        self.kind = kind
+        kind = self.cell_kind()
         if not isinstance(kind, CellKind):
             raise TypeError(f"kind must be a flaxseq.CellKind, got {type(kind).__name__}")
         checks.check_recurrent_config(input_size=input_size, hidden_size=hidden_size)
@@ -177,6 +189,10 @@ class RNNCellBase(nnx.Module):
         for name, shape in zip(NAMES, cell_shapes(kind.gates, input_size, hidden_size, bias), strict=True):
             if shape is not None:
                 setattr(self, name, nnx.Param(init(rngs.params(), shape, param_dtype)))
+
+    def cell_kind(self) -> CellKind:
+        """The cell kind this cell steps: the `kind` it was built with."""
+        return self.kind
 
     @property
     def num_feature_axes(self) -> int:
