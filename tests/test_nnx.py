@@ -189,3 +189,24 @@ def test_layer_norm_takes_rngs_as_the_other_modules_do():
     plain = flaxseq.nnx.LayerNorm(5)
     assert np.array_equal(with_rngs.weight[...], np.ones(5)) and np.array_equal(with_rngs.bias[...], np.zeros(5))
     np.testing.assert_array_equal(with_rngs(x), plain(x))
+
+
+def test_nnx_view_deterministic_turns_dropout_between_layers_off():
+    """`nnx.view(model, deterministic=True)` is `eval()` for the recurrent layers too, as for
+    flax's own Dropout beside them (the layer kept dropping; a bare layer raised 'Unused keys');
+    the model it was taken from stays in training mode."""
+    class Model(nnx.Module):
+        def __init__(self):
+            self.drop = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+            self.lstm = flaxseq.nnx.LSTM(4, 8, num_layers=2, dropout=0.5, rngs=nnx.Rngs(1))
+
+    model, x = Model(), jax.random.normal(jax.random.key(0), (3, 2, 4))
+    view = nnx.view(model, deterministic=True)
+    assert view.drop.deterministic and view.lstm.deterministic and not model.lstm.deterministic
+    first, again = view.lstm(x)[0], view.lstm(x)[0]
+    model.eval()
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, model.lstm(x)[0])
+    model.train()
+    assert not np.array_equal(model.lstm(x)[0], first)  # training mode drops between the layers
+    assert nnx.view(flaxseq.nnx.GRU(4, 8, 2, dropout=0.5, rngs=nnx.Rngs(0)), deterministic=True).deterministic

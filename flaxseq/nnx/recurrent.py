@@ -41,7 +41,8 @@ class RNNBase(nnx.Module):
     input_size]` (`[batch, time, ...]` with `batch_first`, or unbatched `[time, input_size]`),
     `h_0`, `h_n: [num_layers * num_directions, batch, hidden_size]`, `output: [time, batch,
     num_directions * hidden_size]`. In training mode (a new module's, or after `train()`),
-    dropout between layers draws from the `rngs` given at construction; `eval()` turns it off.
+    dropout between layers draws from the `rngs` given at construction; `eval()` turns it off,
+    and so does a view, `nnx.view(model, deterministic=True)`.
     The kind stepped is `cell_kind()`: the one given, or what a subclass's override returns
     (read once, at construction, after the subclass has set its own attributes).
 
@@ -79,6 +80,12 @@ class RNNBase(nnx.Module):
     def cell_kind(self) -> CellKind:
         """The cell kind this layer steps: the `kind` it was built with."""
         return self.kind
+
+    def set_view(self, deterministic: bool | None = None):
+        """What `flax.nnx.view(model, deterministic=True)` sets, as on flax's `nnx.Dropout`:
+        True turns dropout between layers off, as `eval()` does; False on."""
+        if deterministic is not None:
+            self.deterministic = deterministic
 
     @property
     def num_directions(self) -> int:
