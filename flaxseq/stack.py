@@ -56,6 +56,13 @@ class StackConfig(NamedTuple):
         return self.proj_size or self.hidden_size
 
 
+def _pair_description(hx) -> str:
+    """What was given where a pair `(h_0, c_0)` was expected: `'a tuple of 1'`, `'Array'`."""
+    if isinstance(hx, (tuple, list)):
+        return f"a {type(hx).__name__} of {len(hx)}"
+    return type(hx).__name__
+
+
 def check_config(config: StackConfig, *, stacklevel: int = 2) -> None:
     """The constructor checks of `torch.nn.RNNBase`, and its warning for dropout on one layer."""
     if not isinstance(config.kind, CellKind):
@@ -218,7 +225,7 @@ def initial_states(config: StackConfig, hx, batch: int, batched: bool, dtype, na
 
     if config.kind.cell_state:
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"hx must be a tuple (h_0, c_0) for {name}, got {type(hx).__name__}")
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for {name}, got {_pair_description(hx)}")
         h0, c0 = (None, None) if hx is None else hx
         h0 = one("hx[0]", h0, config.output_size)
         c0 = one("hx[1]", c0, config.hidden_size)
@@ -298,7 +305,7 @@ def cell_carry(kind: CellKind, hx, batch: int, size: int, batched: bool, dtype, 
 
     if kind.cell_state:
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"hx must be a tuple (h_0, c_0) for {name}, got {type(hx).__name__}")
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for {name}, got {_pair_description(hx)}")
         h, c = (None, None) if hx is None else hx
         return state("hx[0]", h), state("hx[1]", c)
     if isinstance(hx, (tuple, list)):
