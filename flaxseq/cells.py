@@ -67,6 +67,7 @@ def declare_weights(cell: _Cell, param) -> Weights:
     """`cell`'s parameters, declared by `param(name, init, shape, dtype)` (a module's `self.param`):
     PyTorch's names in its order, drawn from U(-1/sqrt(hidden), 1/sqrt(hidden))."""
     checks.check_x64(cell.param_dtype)
+    checks.check_compute_dtype(cell.dtype)
     init = recurrent_uniform(cell.hidden_size)
     shapes = cell_shapes(cell.cell_kind().gates, cell.input_size, cell.hidden_size, cell.bias)
     return declare(lambda name, shape: param(name, init, shape, cell.param_dtype), shapes)

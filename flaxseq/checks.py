@@ -65,6 +65,27 @@ def check_x64(param_dtype) -> None:
         )
 
 
+def check_compute_dtype(dtype) -> None:
+    """The computation dtype `dtype=`: None (promoted from the input and parameters) or a
+    floating dtype, float64 only in JAX's x64 mode."""
+    if dtype is None:
+        return
+    try:
+        given = jnp.dtype(dtype)
+    except TypeError:
+        given = None
+    if given is None or not jnp.issubdtype(given, jnp.floating):
+        raise TypeError(
+            f"dtype (the computation dtype) must be None or a floating-point dtype, got "
+            f"{given.name if given is not None else repr(dtype)}"
+        )
+    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype=float64 needs JAX's x64 mode, which is off: call "
+            "jax.config.update('jax_enable_x64', True) first (JAX would give float32)"
+        )
+
+
 def as_float_array(name: str, value) -> jax.Array:
     """`value` as a JAX array of a floating dtype."""
     array = jnp.asarray(value)

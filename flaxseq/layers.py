@@ -61,6 +61,7 @@ class _Stack(_CellKindModule):
     @nn.compact
     def __call__(self, input, hx=None, *, lengths=None, deterministic: bool = True):
         checks.check_x64(self.param_dtype)
+        checks.check_compute_dtype(self.dtype)
         config = self.config()
         init = recurrent_uniform(self.hidden_size)
         shapes = stack.parameter_shapes(config)

@@ -2,12 +2,14 @@
 
 import re
 
+import flax.nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import flaxseq
+import flaxseq.nnx
 
 
 def init_apply(module, *args, **kwargs):
@@ -115,3 +117,17 @@ def test_lengths_checks_do_not_break_jit():
 def test_bad_cell_call(cell, args, error, message):
     with pytest.raises(error, match=re.escape(message)):
         init_apply(cell, *args)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: init_apply(flaxseq.GRU(4, 5, dtype=jnp.int32), jnp.zeros((2, 1, 4))),
+    lambda: init_apply(flaxseq.LSTMCell(4, 5, dtype="int8"), jnp.zeros((1, 4))),
+    lambda: flaxseq.nnx.GRU(4, 5, dtype=jnp.int32, rngs=flax.nnx.Rngs(0)),
+    lambda: flaxseq.nnx.LSTMCell(4, 5, dtype="int8", rngs=flax.nnx.Rngs(0)),
+])
+def test_an_integer_computation_dtype_is_refused(build):
+    """`dtype=` is the computation dtype: an integer one is named as such (it failed inside the
+    built-in kind's step, as if a user's cell were broken)."""
+    with pytest.raises(TypeError, match=r"dtype \(the computation dtype\) must be None or a floating-point dtype, "
+                                        r"got int(32|8)"):
+        build()

@@ -65,6 +65,7 @@ class RNNBase(nnx.Module):
         self.kind = self.config.kind
         rngs = require_rngs(self, rngs)
         checks.check_x64(param_dtype)
+        checks.check_compute_dtype(dtype)
         if use_cudnn:
             cudnn.check_config(proj_size)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -189,6 +190,7 @@ class RNNCellBase(nnx.Module):
         checks.check_recurrent_config(input_size=input_size, hidden_size=hidden_size)
         rngs = require_rngs(self, rngs)
         checks.check_x64(param_dtype)
+        checks.check_compute_dtype(dtype)
         self.kind = kind
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.param_dtype, self.dtype = param_dtype, dtype
