@@ -97,7 +97,16 @@ def parameter_shapes(config: StackConfig) -> dict[str, tuple[int, ...]]:
 
 
 def stack_weights(config: StackConfig, params: Mapping[str, jax.Array]) -> list[Weights]:
-    """`params` by PyTorch's names -> one `Weights` per cell, layer by layer, forward then reverse."""
+    """`params` by PyTorch's names -> one `Weights` per cell, layer by layer, forward then reverse.
+    Each must have its shape in `parameter_shapes(config)`: else a `ValueError` naming it (a
+    weight loaded by hand in the wrong layout is caught here, not inside a product)."""
+    wrong = [
+        f"{name}: expected shape {shape}, got {tuple(jnp.shape(params[name]))}"
+        for name, shape in parameter_shapes(config).items()
+        if name in params and tuple(jnp.shape(params[name])) != shape
+    ]
+    if wrong:
+        raise ValueError(f"{config.kind.name} parameters of the wrong shape: " + "; ".join(wrong))
     return [
         Weights(*(params.get(name + suffix) for name in NAMES))
         for suffix in stack_suffixes(config.num_layers, config.bidirectional)

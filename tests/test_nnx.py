@@ -210,3 +210,18 @@ def test_nnx_view_deterministic_turns_dropout_between_layers_off():
     model.train()
     assert not np.array_equal(model.lstm(x)[0], first)  # training mode drops between the layers
     assert nnx.view(flaxseq.nnx.GRU(4, 8, 2, dropout=0.5, rngs=nnx.Rngs(0)), deterministic=True).deterministic
+
+
+def test_a_parameter_of_the_wrong_shape_is_named():
+    """A weight set by hand in the wrong layout is named with both shapes (it was XLA's
+    dot_general error)."""
+    lstm = flaxseq.nnx.LSTM(3, 4, num_layers=2, rngs=nnx.Rngs(0))
+    lstm.weight_ih_l0 = nnx.Param(jnp.zeros((16, 5)))
+    with pytest.raises(ValueError, match=re.escape("LSTM parameters of the wrong shape: weight_ih_l0: expected "
+                                                   "shape (16, 3), got (16, 5)")):
+        lstm(jnp.ones((5, 2, 3)))
+    cell = flaxseq.nnx.GRUCell(3, 4, rngs=nnx.Rngs(0))
+    cell.weight_hh = nnx.Param(jnp.zeros((4, 12)))  # transposed
+    with pytest.raises(ValueError, match=re.escape("GRUCell parameters of the wrong shape: weight_hh: expected "
+                                                   "shape (12, 4), got (4, 12)")):
+        cell(jnp.ones((2, 3)))

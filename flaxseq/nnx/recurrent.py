@@ -211,6 +211,12 @@ class RNNCellBase(nnx.Module):
 
     def __call__(self, input, hx=None):
         weights = Weights(*(getattr(self, name)[...] if hasattr(self, name) else None for name in NAMES))
+        shapes = cell_shapes(self.kind.gates, self.input_size, self.hidden_size, self.bias)
+        wrong = [f"{name}: expected shape {shape}, got {tuple(w.shape)}"
+                 for name, shape, w in zip(NAMES, shapes, weights, strict=True)
+                 if shape is not None and w is not None and tuple(w.shape) != shape]
+        if wrong:
+            raise ValueError(f"{checks.class_name(self)} parameters of the wrong shape: " + "; ".join(wrong))
         return stack.cell_step(
             self.kind, weights, input, hx, input_size=self.input_size, dtype=self.dtype, name=checks.class_name(self)
         )
