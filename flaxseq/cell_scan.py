@@ -50,7 +50,9 @@ class CellScan(nn.Module):
         if not isinstance(self.cell, _Cell):
             raise TypeError(
                 "cell must be a flaxseq linen cell (flaxseq.RNNCell, LSTMCell, GRUCell or RNNCellBase), "
-                f"got {type(self.cell).__name__}"
+                f"got {type(self.cell).__module__}.{type(self.cell).__qualname__}"
+                + (" (an NNX cell: its scan is flaxseq.nnx.CellScan)"
+                   if type(self.cell).__module__.startswith("flaxseq.nnx") else "")
             )
         super().__post_init__()
 

@@ -106,7 +106,9 @@ def check_lengths(lengths, batch_size: int, time_steps: int) -> jax.Array:
     The values are checked only where they are concrete; under `jax.jit` they are traced, and
     the recurrence clips them to [0, time_steps] instead (see the layers' docstrings).
     """
-    if isinstance(lengths, (list, tuple)):
+    if isinstance(lengths, (list, tuple)) or (
+        not isinstance(lengths, (jax.Array, np.ndarray)) and hasattr(lengths, "__array__")
+    ):  # a list, or another framework's array (a torch tensor, as PyTorch's lengths are)
         lengths = np.asarray(lengths)
     if not hasattr(lengths, "shape") or not hasattr(lengths, "dtype"):
         raise TypeError(f"lengths must be an integer array of shape [batch], got {type(lengths).__name__}")

@@ -377,8 +377,12 @@ def test_bad_arguments(front_end, name, x, hx, error, message):
 
 def test_cell_must_be_a_flaxseq_cell():
     with pytest.raises(TypeError, match=re.escape("cell must be a flaxseq linen cell (flaxseq.RNNCell, LSTMCell, "
-                                                  "GRUCell or RNNCellBase), got LSTMCell")):
+                                                  "GRUCell or RNNCellBase), got flax.linen.recurrent.LSTMCell")):
         flaxseq.CellScan(nn.LSTMCell(4))
+    with pytest.raises(TypeError, match=re.escape("got flaxseq.nnx.recurrent.GRUCell (an NNX cell: its scan is "
+                                                  "flaxseq.nnx.CellScan)")):
+        flaxseq.CellScan(flaxseq.nnx.GRUCell(3, 4, rngs=nnx.Rngs(0)))
     with pytest.raises(TypeError, match=re.escape("cell must be a flaxseq NNX cell (flaxseq.nnx.RNNCell, LSTMCell, "
-                                                  "GRUCell or RNNCellBase), got LSTMCell")):
+                                                  "GRUCell or RNNCellBase), got flaxseq.cells.LSTMCell (a linen "
+                                                  "cell: its scan is flaxseq.CellScan)")):
         flaxseq.nnx.CellScan(flaxseq.LSTMCell(3, 4))

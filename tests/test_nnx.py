@@ -225,3 +225,13 @@ def test_a_parameter_of_the_wrong_shape_is_named():
     with pytest.raises(ValueError, match=re.escape("GRUCell parameters of the wrong shape: weight_hh: expected "
                                                    "shape (12, 4), got (4, 12)")):
         cell(jnp.ones((2, 3)))
+
+
+def test_lengths_as_a_torch_tensor():
+    """PyTorch's lengths are a tensor: taken as the array it is (it raised "Cannot interpret
+    'torch.int64' as a data type", naming no argument); a float one is named as lengths."""
+    lstm = flaxseq.nnx.LSTM(4, 5, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (6, 3, 4))
+    np.testing.assert_array_equal(lstm(x, lengths=torch.tensor([6, 3, 2]))[0], lstm(x, lengths=jnp.array([6, 3, 2]))[0])
+    with pytest.raises(TypeError, match="lengths must be an integer array of shape \\[batch\\], got dtype float32"):
+        lstm(x, lengths=torch.tensor([6.0, 3.0, 2.0]))

@@ -6,6 +6,7 @@ by `jax.jit`), computed as a one-layer, one-direction stack of the cell's kind
 (`flaxseq.stack.scan_cell`). `flax.nnx.RNN` refuses a flaxseq cell, naming this adapter.
 """
 
+import flax.linen
 from flax import nnx
 
 from flaxseq import checks, stack
@@ -45,7 +46,8 @@ class CellScan(nnx.Module):
         if not isinstance(cell, RNNCellBase):
             raise TypeError(
                 "cell must be a flaxseq NNX cell (flaxseq.nnx.RNNCell, LSTMCell, GRUCell or RNNCellBase), "
-                f"got {type(cell).__name__}"
+                f"got {type(cell).__module__}.{type(cell).__qualname__}"
+                + (" (a linen cell: its scan is flaxseq.CellScan)" if isinstance(cell, flax.linen.Module) else "")
             )
         self.kind, self.input_size, self.hidden_size = cell.kind, cell.input_size, cell.hidden_size
         self.bias = cell.bias
