@@ -16,11 +16,15 @@ packed-sequence results); outputs past each length are set to zero. TF32 follows
 import jax
 import jax.numpy as jnp
 
+from flaxseq.kinds import LSTM, CellKind
 from flaxseq.weights import Weights
 
 
-def check_config(proj_size: int) -> None:
-    """At construction: what `use_cudnn=True` cannot do in any call."""
+def check_config(proj_size: int, kind: CellKind = LSTM) -> None:
+    """At construction: what `use_cudnn=True` cannot do in any call (a kind other than the
+    LSTM's, a projection)."""
+    if kind is not LSTM:
+        raise ValueError(f"use_cudnn=True runs cuDNN's LSTM: the kind must be flaxseq.kinds.LSTM, got {kind.name}")
     if proj_size:
         raise ValueError(f"use_cudnn=True does not support proj_size > 0, got proj_size={proj_size}")
 

@@ -209,7 +209,7 @@ class LSTM(_Stack):
 
     def __post_init__(self):
         if self.use_cudnn:
-            cudnn.check_config(self.proj_size)
+            cudnn.check_config(self.proj_size, self.cell_kind())
         super().__post_init__()
 
 

@@ -5,6 +5,7 @@ lengths and directions); the cuDNN path's weight packing against `jax.experiment
 on any machine, and the path itself against PyTorch where a GPU exists.
 """
 
+import flax.nnx
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import flaxseq
+import flaxseq.nnx
 import flaxseq.recurrence as recurrence
 import parity
 from flaxseq import cudnn
@@ -323,6 +325,16 @@ def test_cudnn_packing_against_lstm_ref(bidirectional, bias):
 def test_cudnn_errors():
     with pytest.raises(ValueError, match="does not support proj_size > 0, got proj_size=2"):
         flaxseq.LSTM(3, 4, proj_size=2, use_cudnn=True)
+    kind_refusal = "use_cudnn=True runs cuDNN's LSTM: the kind must be flaxseq.kinds.LSTM, got GRU"
+    with pytest.raises(ValueError, match=kind_refusal):  # the NNX base took any kind: cuDNN's LSTM on a GRU's weights
+        flaxseq.nnx.RNNBase(flaxseq.kinds.GRU, 3, 4, use_cudnn=True, rngs=flax.nnx.Rngs(0))
+
+    class GRUKindLSTM(flaxseq.LSTM):
+        def cell_kind(self):
+            return flaxseq.kinds.GRU
+
+    with pytest.raises(ValueError, match=kind_refusal):
+        GRUKindLSTM(3, 4, use_cudnn=True)
     x = jnp.zeros((2, 5, 3), jnp.float32)
     if not GPU:
         with pytest.raises(ValueError, match="needs JAX's CUDA backend"):

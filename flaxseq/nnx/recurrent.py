@@ -67,7 +67,7 @@ class RNNBase(nnx.Module):
         checks.check_x64(param_dtype)
         checks.check_compute_dtype(dtype)
         if use_cudnn:
-            cudnn.check_config(proj_size)
+            cudnn.check_config(proj_size, self.config.kind)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout, self.bidirectional = bias, batch_first, dropout, bidirectional
         self.proj_size, self.param_dtype, self.dtype = proj_size, param_dtype, dtype
