@@ -7,12 +7,27 @@ operation can fail with a less helpful message. Messages follow `torch/nn/module
 
 import inspect
 import numbers
+import os
+import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 NONLINEARITIES = ("tanh", "relu")
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` for a warning raised by the function that calls this one, pointing at
+    the first frame outside flaxseq, flax and jax (a linen module's dataclass `__init__` and
+    its clones in `init` and `apply`, NNX's construction machinery): the user's own line,
+    whichever front end built the module."""
+    inside = tuple(os.path.dirname(module.__file__) + os.sep for module in (sys.modules["flaxseq"], flax, jax))
+    frame, level = sys._getframe(1), 1  # the function that warns: stacklevel 1
+    while frame is not None and (frame.f_code.co_filename.startswith(inside) or frame.f_code.co_filename == "<string>"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_int(name: str, value, minimum: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from flax.core.scope import Scope
 
 from flaxseq import checks, cudnn, kinds, stack
 from flaxseq.cells import _CellKindModule
@@ -55,7 +56,8 @@ class _Stack(_CellKindModule):
         return self.config().output_size
 
     def __post_init__(self):
-        stack.check_config(self.config(), stacklevel=3)
+        # linen's own copies for init and apply (their parent a Scope) are checked, not warned about again
+        stack.check_config(self.config(), warn=not isinstance(self.parent, Scope))
         super().__post_init__()
 
     @nn.compact

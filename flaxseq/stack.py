@@ -63,8 +63,9 @@ def _pair_description(hx) -> str:
     return type(hx).__name__
 
 
-def check_config(config: StackConfig, *, stacklevel: int = 2) -> None:
-    """The constructor checks of `torch.nn.RNNBase`, and its warning for dropout on one layer."""
+def check_config(config: StackConfig, *, warn: bool = True) -> None:
+    """The constructor checks of `torch.nn.RNNBase`, and (`warn`) its warning for dropout on
+    one layer, at the user's line (`checks.user_stacklevel`)."""
     if not isinstance(config.kind, CellKind):
         raise TypeError(f"kind must be a flaxseq.CellKind, got {type(config.kind).__name__}")
     checks.check_recurrent_config(
@@ -76,12 +77,12 @@ def check_config(config: StackConfig, *, stacklevel: int = 2) -> None:
             f"proj_size argument is only supported for a kind with a cell state (LSTM), not {config.kind.name} "
             f"(got proj_size={config.proj_size})"
         )
-    if config.dropout > 0 and config.num_layers == 1:
+    if warn and config.dropout > 0 and config.num_layers == 1:
         warnings.warn(
             "dropout option adds dropout after all but last recurrent layer, so non-zero "
             f"dropout expects num_layers greater than 1, but got dropout={config.dropout} "
             f"and num_layers={config.num_layers}",
-            stacklevel=stacklevel + 1,
+            stacklevel=checks.user_stacklevel(),
         )
 
 

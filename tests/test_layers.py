@@ -1,5 +1,6 @@
 """flaxseq's layers on their own: equivalences, jit, gradients, dropout, initialisation."""
 
+import inspect
 import math
 
 import jax
@@ -32,6 +33,23 @@ def zeros_hx(layer, batch):
 
 def assert_trees_equal(a, b):
     jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), a, b)
+
+
+def test_the_one_layer_dropout_warning_points_at_the_users_line():
+    """At the line that builds the layer, in linen and NNX alike (NNX's pointed into flax's
+    construction machinery, linen's at its dataclass `<string>`), once: not again for the
+    copies linen makes in `init` and `apply`, as PyTorch warns once, at construction."""
+    import flax.nnx
+
+    import flaxseq.nnx
+
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers") as record:
+        line = inspect.currentframe().f_lineno
+        layer = flaxseq.GRU(4, 5, dropout=0.5)
+        flaxseq.nnx.LSTM(4, 5, dropout=0.5, rngs=flax.nnx.Rngs(0))
+        variables = layer.init(jax.random.key(0), np.ones((6, 3, 4), np.float32))
+        layer.apply(variables, np.ones((6, 3, 4), np.float32))
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, line + 1), (__file__, line + 2)]
 
 
 @pytest.mark.parametrize("name", LAYERS)

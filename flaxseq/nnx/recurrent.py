@@ -61,7 +61,7 @@ class RNNBase(nnx.Module):
             self.cell_kind(), input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             proj_size,
         )
-        stack.check_config(self.config, stacklevel=3)
+        stack.check_config(self.config)
         self.kind = self.config.kind
         rngs = require_rngs(self, rngs)
         checks.check_x64(param_dtype)
