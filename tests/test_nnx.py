@@ -235,3 +235,9 @@ def test_lengths_as_a_torch_tensor():
     np.testing.assert_array_equal(lstm(x, lengths=torch.tensor([6, 3, 2]))[0], lstm(x, lengths=jnp.array([6, 3, 2]))[0])
     with pytest.raises(TypeError, match="lengths must be an integer array of shape \\[batch\\], got dtype float32"):
         lstm(x, lengths=torch.tensor([6.0, 3.0, 2.0]))
+
+
+def test_linear_names_the_feature_size_as_linen_does():
+    """`Expected 4, got 5` as the linen Linear and the layers say (it printed `got (5,)`)."""
+    with pytest.raises(ValueError, match=re.escape("input.size(-1) must be equal to in_features. Expected 4, got 5")):
+        flaxseq.nnx.Linear(4, 3, rngs=nnx.Rngs(0))(jnp.ones((2, 5)))
