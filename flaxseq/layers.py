@@ -56,9 +56,19 @@ class _Stack(_CellKindModule):
         return self.config().output_size
 
     def __post_init__(self):
-        # linen's own copies for init and apply (their parent a Scope) are checked, not warned about again
-        stack.check_config(self.config(), warn=not isinstance(self.parent, Scope))
-        super().__post_init__()
+        super().__post_init__()  # linen resolves the parent here
+        stack.check_config(self.config(), warn=self._built_by_user())
+
+    def _built_by_user(self) -> bool:
+        """Whether this construction is the one to warn at, as PyTorch warns once, when the
+        module is built: the user's own, or a submodule's while its model initialises; not
+        linen's copies for `init` and `apply` (their parent a Scope), nor a submodule's rebuild
+        at every `apply`."""
+        if isinstance(self.parent, Scope):
+            return False
+        if isinstance(self.parent, nn.Module):
+            return self.parent.scope is None or self.parent.is_initializing()
+        return True
 
     @nn.compact
     def __call__(self, input, hx=None, *, lengths=None, deterministic: bool = True):

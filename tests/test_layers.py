@@ -39,6 +39,7 @@ def test_the_one_layer_dropout_warning_points_at_the_users_line():
     """At the line that builds the layer, in linen and NNX alike (NNX's pointed into flax's
     construction machinery, linen's at its dataclass `<string>`), once: not again for the
     copies linen makes in `init` and `apply`, as PyTorch warns once, at construction."""
+    import flax.linen
     import flax.nnx
 
     import flaxseq.nnx
@@ -50,6 +51,19 @@ def test_the_one_layer_dropout_warning_points_at_the_users_line():
         variables = layer.init(jax.random.key(0), np.ones((6, 3, 4), np.float32))
         layer.apply(variables, np.ones((6, 3, 4), np.float32))
     assert [(w.filename, w.lineno) for w in record] == [(__file__, line + 1), (__file__, line + 2)]
+
+    line = inspect.currentframe().f_lineno  # a submodule is built again at every apply: it warns while initialising
+    class Model(flax.linen.Module):  # noqa: E306
+        @flax.linen.compact
+        def __call__(self, x):
+            return flaxseq.LSTM(4, 5, dropout=0.5)(x)[0]
+
+    model, x = Model(), np.ones((6, 3, 4), np.float32)
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers") as record:
+        variables = model.init(jax.random.key(0), x)
+        model.apply(variables, x)
+        model.apply(variables, x)
+    assert [(w.filename, w.lineno) for w in record] == [(__file__, line + 4)]
 
 
 @pytest.mark.parametrize("name", LAYERS)
