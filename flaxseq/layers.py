@@ -20,6 +20,19 @@ from flaxseq.init import recurrent_uniform
 from flaxseq.kinds import CellKind
 
 
+def _built_by_user(module: nn.Module) -> bool:
+    """Whether this construction of `module` is the one to warn at, as PyTorch warns once, when
+    the module is built: the user's own, or a submodule's while its model initialises; not
+    linen's copies for `init` and `apply` (their parent a Scope), nor a submodule's rebuild at
+    every `apply`. A function, not a method: linen would wrap a method (and `tabulate` would
+    then require a scope)."""
+    if isinstance(module.parent, Scope):
+        return False
+    if isinstance(module.parent, nn.Module):
+        return module.parent.scope is None or module.parent.is_initializing()
+    return True
+
+
 class _DropoutKey(nn.Module):
     """The key `nn.Dropout` draws at this place in the tree, so that dropout between layers
     keeps the masks it had when it was an `nn.Dropout` submodule (`Dropout_{layer}`)."""
@@ -56,19 +69,11 @@ class _Stack(_CellKindModule):
         return self.config().output_size
 
     def __post_init__(self):
+        config = self.config()  # read before linen wraps the module's methods
+        stack.check_config(config, warn=False)
         super().__post_init__()  # linen resolves the parent here
-        stack.check_config(self.config(), warn=self._built_by_user())
-
-    def _built_by_user(self) -> bool:
-        """Whether this construction is the one to warn at, as PyTorch warns once, when the
-        module is built: the user's own, or a submodule's while its model initialises; not
-        linen's copies for `init` and `apply` (their parent a Scope), nor a submodule's rebuild
-        at every `apply`."""
-        if isinstance(self.parent, Scope):
-            return False
-        if isinstance(self.parent, nn.Module):
-            return self.parent.scope is None or self.parent.is_initializing()
-        return True
+        if _built_by_user(self):
+            stack.check_config(config)  # now with its warning
 
     @nn.compact
     def __call__(self, input, hx=None, *, lengths=None, deterministic: bool = True):
