@@ -48,7 +48,8 @@ class Linear(nn.Module):
         fan_in = x.shape[-1]
         if self.in_features is not None and fan_in != self.in_features:
             raise ValueError(
-                f"input.size(-1) must be equal to in_features. Expected {self.in_features}, got {fan_in}"
+                f"{checks.module_label(self)}: input.size(-1) must be equal to in_features. "
+                f"Expected {self.in_features}, got {fan_in}"
             )
         default = linear_uniform(fan_in)
         kernel = self.param("kernel", self.kernel_init or default, (fan_in, self.features), self.param_dtype)

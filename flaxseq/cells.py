@@ -59,7 +59,7 @@ class _Cell(_CellKindModule):
         weights = declare_weights(self, self.param)
         return stack.cell_step(
             self.cell_kind(), weights, input, hx, input_size=self.input_size, dtype=self.dtype,
-            name=checks.class_name(self),
+            name=checks.module_label(self),
         )
 
 

@@ -71,6 +71,14 @@ def class_name(module) -> str:
     return type(module).__name__
 
 
+def module_label(module) -> str:
+    """A module's class name and, for a linen module inside another, its path, for messages
+    only: `LSTM`, or `LSTM 'encoder/layers_0'` (NNX modules do not know their path)."""
+    scope = getattr(module, "scope", None)
+    path = getattr(scope, "path", ()) if scope is not None else ()
+    return f"{class_name(module)} '{'/'.join(map(str, path))}'" if path else class_name(module)
+
+
 def check_x64(param_dtype) -> None:
     """A float64 parameter dtype needs JAX's x64 mode; without it JAX silently gives float32."""
     if jnp.dtype(param_dtype) == jnp.float64 and not jax.config.jax_enable_x64:

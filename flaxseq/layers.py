@@ -91,7 +91,7 @@ class _Stack(_CellKindModule):
         return stack.run(
             config, stack.stack_weights(config, params), input, hx, lengths=lengths, dropout_keys=keys,
             dtype=self.dtype, custom_gradient=self.custom_gradient, use_cudnn=getattr(self, "use_cudnn", False),
-            name=checks.class_name(self),
+            name=checks.module_label(self),
         )
 
 

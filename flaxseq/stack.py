@@ -211,7 +211,8 @@ def _layout(config: StackConfig, input, name: str) -> tuple[jax.Array, bool]:
         )
     if input.shape[-1] != config.input_size:
         raise ValueError(
-            f"input.size(-1) must be equal to input_size. Expected {config.input_size}, got {input.shape[-1]}"
+            f"{name}: input.size(-1) must be equal to input_size. Expected {config.input_size}, "
+            f"got {input.shape[-1]}"
         )
     if input.ndim == 2:
         return input[:, None], False  # [time, 1, features]
@@ -258,7 +259,9 @@ def cell_step(kind: CellKind, weights: Weights, input, hx=None, *, input_size: i
     if input.ndim not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.ndim}D array instead")
     if input.shape[-1] != input_size:
-        raise ValueError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {input.shape[-1]}")
+        raise ValueError(
+            f"{name}: input.size(-1) must be equal to input_size. Expected {input_size}, got {input.shape[-1]}"
+        )
     batched = input.ndim == 2
     x = input if batched else input[None]
     carry = cell_carry(kind, hx, x.shape[0], weights.w_hh.shape[0] // kind.gates, batched, x.dtype, name)

@@ -342,7 +342,8 @@ def test_flax_rnn_refuses_a_flaxseq_cell_naming_the_adapter(name):
 
 
 LSTM_ERRORS = [
-    (jnp.zeros((TIME, BATCH, 2)), None, ValueError, "input.size(-1) must be equal to input_size. Expected 3, got 2"),
+    (jnp.zeros((TIME, BATCH, 2)), None, ValueError,
+     "CellScan(LSTMCell): input.size(-1) must be equal to input_size. Expected 3, got 2"),
     (jnp.zeros((BATCH, INPUT)).sum(0), None, ValueError,
      "CellScan(LSTMCell): Expected input to be 2D (unbatched) or 3D (batched), got 1D array of shape (3,) instead"),
     (jnp.zeros((1, TIME, BATCH, INPUT)), None, ValueError, "Expected input to be 2D (unbatched) or 3D (batched), "

@@ -55,7 +55,7 @@ X = np.zeros((6, 3, 4), np.float32)
          "GRU: Expected input to be 2D (unbatched) or 3D (batched), got 4D array of shape (2, 3, 4, 1)"),
         (GRU, (np.zeros(4, np.float32),), {}, ValueError, "got 1D array"),
         (GRU, (np.zeros((6, 3, 7), np.float32),), {}, ValueError,
-         "input.size(-1) must be equal to input_size. Expected 4, got 7"),
+         "GRU: input.size(-1) must be equal to input_size. Expected 4, got 7"),
         (GRU, (np.zeros((6, 3, 4), np.int32),), {}, TypeError, "input must be a floating-point array, got dtype int32"),
         (GRU, (X, np.zeros((1, 3, 5), np.float32)), {}, ValueError, "Expected hx size (2, 3, 5), got (1, 3, 5)"),
         (GRU, (X, np.zeros((2, 5), np.float32)), {}, ValueError,
@@ -102,7 +102,7 @@ def test_lengths_checks_do_not_break_jit():
         (flaxseq.GRUCell(4, 5), (np.zeros((2, 3, 4), np.float32),), ValueError,
          "GRUCell: Expected input to be 1D or 2D, got 3D array instead"),
         (flaxseq.RNNCell(4, 5), (np.zeros((2, 6), np.float32),), ValueError,
-         "input.size(-1) must be equal to input_size. Expected 4, got 6"),
+         "RNNCell: input.size(-1) must be equal to input_size. Expected 4, got 6"),
         (flaxseq.RNNCell(4, 5), (np.zeros((2, 4), np.float32), np.zeros((3, 5), np.float32)), ValueError,
          "Expected hx size (2, 5), got (3, 5)"),
         (flaxseq.LSTMCell(4, 5), (np.zeros((2, 4), np.float32), np.zeros((2, 5), np.float32)), TypeError,
@@ -117,6 +117,27 @@ def test_lengths_checks_do_not_break_jit():
 def test_bad_cell_call(cell, args, error, message):
     with pytest.raises(error, match=re.escape(message)):
         init_apply(cell, *args)
+
+
+def test_errors_name_a_nested_module_by_its_path():
+    """In a model with several layers, a layer's error says which one: its class and its path."""
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y, _ = flaxseq.LSTM(4, 8, name="encoder")(x)
+            y, _ = flaxseq.GRU(8, 6)(y)
+            return flaxseq.basic.Linear(3, in_features=5)(y)
+
+    with pytest.raises(ValueError, match=re.escape(
+            "LSTM 'encoder': input.size(-1) must be equal to input_size. Expected 4, got 7")):
+        Model().init(jax.random.key(0), jnp.zeros((5, 2, 7)))
+    with pytest.raises(ValueError, match=re.escape(
+            "Linear 'Linear_0': input.size(-1) must be equal to in_features. Expected 5, got 6")):
+        Model().init(jax.random.key(0), jnp.zeros((5, 2, 4)))
+    with pytest.raises(ValueError, match=re.escape("LSTM 'encoder': Expected input to be 2D (unbatched) or 3D")):
+        Model().init(jax.random.key(0), jnp.zeros((5, 2, 4, 1)))
 
 
 @pytest.mark.parametrize("build", [

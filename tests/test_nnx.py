@@ -167,7 +167,7 @@ def test_from_state_dict_is_strict():
         (lambda: flaxseq.nnx.LSTM(4, 5, proj_size=5, rngs=nnx.Rngs(0)), ValueError,
          "proj_size has to be smaller than hidden_size, got proj_size=5 and hidden_size=5"),
         (lambda: flaxseq.nnx.GRU(4, 5, rngs=nnx.Rngs(0))(np.zeros((6, 3, 7), np.float32)), ValueError,
-         "input.size(-1) must be equal to input_size. Expected 4, got 7"),
+         "GRU: input.size(-1) must be equal to input_size. Expected 4, got 7"),
         (lambda: flaxseq.nnx.GRU(4, 5, rngs=nnx.Rngs(0))(np.zeros((6, 3, 4), np.float32), (1, 2)), TypeError,
          "hx must be an array for GRU, got tuple"),
         (lambda: flaxseq.nnx.LSTM(4, 5, rngs=nnx.Rngs(0))(np.zeros((6, 3, 4), np.float32), np.zeros((1, 3, 5))),
@@ -239,5 +239,6 @@ def test_lengths_as_a_torch_tensor():
 
 def test_linear_names_the_feature_size_as_linen_does():
     """`Expected 4, got 5` as the linen Linear and the layers say (it printed `got (5,)`)."""
-    with pytest.raises(ValueError, match=re.escape("input.size(-1) must be equal to in_features. Expected 4, got 5")):
+    message = "Linear: input.size(-1) must be equal to in_features. Expected 4, got 5"
+    with pytest.raises(ValueError, match=re.escape(message)):
         flaxseq.nnx.Linear(4, 3, rngs=nnx.Rngs(0))(jnp.ones((2, 5)))

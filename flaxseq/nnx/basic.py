@@ -51,7 +51,8 @@ class Linear(nnx.Module):
         x = checks.as_float_array("input", x)
         if x.shape[-1:] != (self.in_features,):
             given = x.shape[-1] if x.ndim else "a scalar"
-            raise ValueError(f"input.size(-1) must be equal to in_features. Expected {self.in_features}, got {given}")
+            raise ValueError(f"{checks.class_name(self)}: input.size(-1) must be equal to in_features. "
+                             f"Expected {self.in_features}, got {given}")
         weight = self.weight[...]
         dtype = self.dtype or jnp.result_type(x, weight)
         lead = x.shape[:-1]
