@@ -79,7 +79,7 @@ def lstm(
     if lengths is None:
         seq_lengths = jnp.full((batch,), time_steps, jnp.int32)
     else:
-        seq_lengths = jnp.clip(lengths, 1, time_steps).astype(jnp.int32)
+        seq_lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 1, time_steps)
         valid = jnp.arange(time_steps)[:, None] < seq_lengths[None, :]  # [time, batch]
         x = jnp.where(valid[:, :, None], x, jnp.zeros_like(x))  # the padding is never read
     y, h_n, c_n = rnn.lstm(

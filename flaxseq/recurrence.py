@@ -84,7 +84,7 @@ def scan_layer(
         def reverse(a, axis=0):
             return jnp.flip(a, axis=axis)
     else:
-        lengths = jnp.clip(lengths, 0, time_steps)
+        lengths = jnp.clip(jnp.asarray(lengths, jnp.int32), 0, time_steps)  # a narrow dtype would wrap
         mask = jnp.arange(time_steps)[:, None] < lengths[None, :]  # [time, batch]
         x = jnp.where(mask[:, :, None], x, jnp.zeros_like(x))  # the padding is never read
         index = reverse_index(lengths, time_steps)[:, :, None]  # [time, batch, 1], an involution

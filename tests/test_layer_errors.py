@@ -152,3 +152,14 @@ def test_an_integer_computation_dtype_is_refused(build):
     with pytest.raises(TypeError, match=r"dtype \(the computation dtype\) must be None or a floating-point dtype, "
                                         r"got int(32|8)"):
         build()
+
+
+def test_narrow_integer_lengths_are_not_wrapped():
+    """uint8 lengths over a 300-step input give what int32 lengths give (the clip wrapped 300 to 44)."""
+    gru = flaxseq.GRU(2, 4)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(300, 1, 2)), jnp.float32)
+    variables = gru.init(jax.random.key(0), x)
+    y8, h8 = gru.apply(variables, x, lengths=np.array([100], np.uint8))
+    y32, h32 = gru.apply(variables, x, lengths=np.array([100], np.int32))
+    np.testing.assert_array_equal(np.asarray(y8), np.asarray(y32))
+    np.testing.assert_array_equal(np.asarray(h8), np.asarray(h32))
