@@ -244,6 +244,58 @@ def check_step(kind: CellKind, gx: tuple, gh: tuple, carry: Any, expected: Any) 
         )
 
 
+def check_gradient(kind: CellKind, gx: tuple, gh: tuple, carry: Any, expected: Any) -> None:
+    """At trace time: `kind.gradient`'s halves must return what the backward loop reads (as
+    `check_step`, whose arguments these are): `forward` a pair `(carry', residuals)`, `carry'` of
+    `expected`'s form; `backward(residuals, carry, d_carry')`, `d_carry'` of `expected`'s form, a
+    triple `(dgx, dgh, d_carry)`: `dgx` `gates` arrays of `gx[0]`'s shape and dtype, `dgh` the
+    same or None, `d_carry` of `carry`'s form. Raises `TypeError` naming the kind, the item,
+    what was expected and what was given."""
+
+    def spec(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+    def same(given, want) -> bool:
+        return jax.tree.structure(given) == jax.tree.structure(want) and all(
+            (g.shape, g.dtype) == (w.shape, w.dtype)
+            for g, w in zip(jax.tree.leaves(given), jax.tree.leaves(want), strict=True)
+        )
+
+    def call(half: str, fn, *args):
+        try:
+            return jax.eval_shape(fn, *args)
+        except Exception as error:  # the user's half failing on well-formed inputs
+            raise TypeError(
+                f"cell kind {kind.name!r}: gradient.{half} failed on well-formed inputs "
+                f"({', '.join(map(_describe, args))}): {error}"
+            ) from error
+
+    def wrong(half: str, item: str, want: str, got: str) -> TypeError:
+        return TypeError(f"cell kind {kind.name!r}: gradient.{half} must return {item} {want}, got {got}")
+
+    carry, expected, block = spec(carry), spec(expected), spec(gx[0])
+    out = call("forward", kind.gradient.forward, gx, gh, carry)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise wrong("forward", "a pair", "(carry', residuals)", _describe(out))
+    if not same(out[0], expected):
+        raise wrong("forward", "the carry'", _describe(expected), _describe(out[0]))
+    out = call("backward", kind.gradient.backward, out[1], carry, expected)
+    if not (isinstance(out, tuple) and len(out) == 3):
+        raise wrong("backward", "a triple", "(dgx, dgh, d_carry)", _describe(out))
+    blocks = (block,) * kind.gates
+    dgx, dgh, d_carry = out
+    for item, given in (("dgx", dgx), ("dgh", dgh)):
+        if item == "dgh" and given is None:
+            continue
+        if not isinstance(given, (tuple, list)) or len(given) != kind.gates:
+            raise wrong("backward", item, f"a tuple of {kind.gates} arrays {_describe(block)}", _describe(given))
+        for k, g in enumerate(given):
+            if not same(g, block):
+                raise wrong("backward", f"{item}[{k}]", _describe(block), _describe(g))
+    if not same(d_carry, carry):
+        raise wrong("backward", "d_carry", _describe(carry), _describe(d_carry))
+
+
 def _describe(tree) -> str:
     """`float32[3, 5]`, or a tuple of those, for messages."""
 

@@ -36,7 +36,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from flaxseq.kinds import CellKind, check_step
+from flaxseq.kinds import CellKind, check_gradient, check_step
 from flaxseq.weights import InputWeights, StepWeights, Weights, input_weights, split_gates, step_weights
 
 # Not differentiated, a larger input projection of all steps is computed step by step instead
@@ -76,7 +76,7 @@ def scan_layer(
       `(outputs, finals)`, per direction: outputs `[time, batch, proj or hidden]` (`[batch,
       time, ...]` with `batch_major`) in input time order, and the final carry.
     """
-    _check_kind(kind, weights[0], x, carries[0])
+    _check_kind(kind, weights[0], x, carries[0], custom_gradient)
     time_steps = x.shape[0]
     if lengths is None:
         mask = None
@@ -100,13 +100,16 @@ def scan_layer(
     return ys, list(finals)
 
 
-def _check_kind(kind: CellKind, weights: Weights, x: jax.Array, carry) -> None:
-    """The step must map a carry to a carry of the same form (`flaxseq.kinds.check_step`)."""
+def _check_kind(kind: CellKind, weights: Weights, x: jax.Array, carry, custom_gradient: bool) -> None:
+    """The step must map a carry to a carry of the same form (`flaxseq.kinds.check_step`), and
+    a hand-written gradient the loop uses return what the backward loop reads (`check_gradient`)."""
     batch, hidden = x.shape[1], weights.w_ih.shape[0] // kind.gates
     block = jax.ShapeDtypeStruct((batch, hidden), x.dtype)
     spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), carry)
     expected = kind.with_hidden(spec, block)  # the step's h is projected after it
     check_step(kind, (block,) * kind.gates, (block,) * kind.gates, spec, expected)
+    if custom_gradient and kind.gradient is not None:
+        check_gradient(kind, (block,) * kind.gates, (block,) * kind.gates, spec, expected)
 
 
 def _select(mask, new, old):

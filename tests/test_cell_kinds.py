@@ -174,6 +174,45 @@ def test_bad_step_is_refused_at_trace_time(step, message):
         layer.init(jax.random.key(0), x)
 
 
+def _mgu_forward(gx, gh, h):
+    return mgu_step(gx, gh, h), (gx, gh, h)
+
+
+def _mgu_backward(residuals, h, dh):
+    gx, gh, h = residuals
+    return jax.vjp(mgu_step, gx, gh, h)[1](dh)
+
+
+@pytest.mark.parametrize(
+    "forward, backward, message",
+    [
+        (_mgu_forward, lambda r, h, d: (*_mgu_backward(r, h, d)[:2], d[:, :2]),
+         "cell kind 'BAD': gradient.backward must return d_carry float64[3, 4], got float64[3, 2]"),
+        (_mgu_forward, lambda r, h, d: ((_mgu_backward(r, h, d)[0][0], d[:, :1]), None, d),
+         "cell kind 'BAD': gradient.backward must return dgx[1] float64[3, 4], got float64[3, 1]"),
+        (_mgu_forward, lambda r, h, d: (_mgu_backward(r, h, d)[0][:1], None, d),
+         "gradient.backward must return dgx a tuple of 2 arrays float64[3, 4], got (float64[3, 4])"),
+        (_mgu_forward, lambda r, h, d: (_mgu_backward(r, h, d)[0], tuple(g.astype(jnp.float32) for g in
+                                                                        _mgu_backward(r, h, d)[1]), d),
+         "cell kind 'BAD': gradient.backward must return dgh[0] float64[3, 4], got float32[3, 4]"),
+        (_mgu_forward, lambda r, h, d: _mgu_backward(r, h, d)[:2],
+         "gradient.backward must return a triple (dgx, dgh, d_carry), got ("),
+        (lambda gx, gh, h: (h[:, :1], ()), _mgu_backward,
+         "cell kind 'BAD': gradient.forward must return the carry' float64[3, 4], got float64[3, 1]"),
+        (_mgu_forward, lambda r, h, d: r[5], "cell kind 'BAD': gradient.backward failed on well-formed inputs"),
+    ],
+)
+def test_bad_step_gradient_is_refused_at_trace_time(forward, backward, message):
+    """A `StepGradient` returning the wrong shapes is named before the backward loop runs (it
+    failed inside it, in a broadcast of XLA's)."""
+    kind = flaxseq.CellKind("BAD", 2, mgu_step, gradient=flaxseq.StepGradient(forward, backward))
+    layer = flaxseq.RNNBase(kind, INPUT, HIDDEN, param_dtype=jnp.float64)
+    x = jnp.zeros((TIME, BATCH, INPUT))
+    params = layer.clone(custom_gradient=False).init(jax.random.key(0), x)  # JAX's gradient: halves unread
+    with pytest.raises(TypeError, match=re.escape(message)):
+        jax.grad(lambda p: layer.apply(p, x)[0].sum())(params)
+
+
 @pytest.mark.parametrize(
     "make, error, message",
     [
