@@ -105,8 +105,10 @@ def read_meta(directory) -> dict:
 
 
 def check_config(directory, saved: dict, config: dict) -> None:
-    """Refuse a checkpoint made with another configuration, naming every difference."""
-    keys = sorted(set(saved) | set(config))
+    """Refuse a checkpoint made with another configuration, naming every difference in the
+    options both record (an option one side lacks is the caller's to judge: the tasks count one
+    the checkpoint predates at its default)."""
+    keys = sorted(set(saved) & set(config))
     differences = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {config.get(k)!r}"
                    for k in keys if saved.get(k) != config.get(k)]
     if differences:
@@ -144,7 +146,8 @@ def load_checkpoint(directory, template: Any, config: dict | None = None) -> tup
     """Read `(arrays, meta)` from `directory`; `template` gives the pytree structure, shapes and
     dtypes (arrays or `jax.ShapeDtypeStruct`s), checked before anything is restored.
 
-    With `config`, a checkpoint whose saved `meta['config']` differs raises `ValueError`.
+    With `config`, a checkpoint whose saved `meta['config']` differs in an option both record
+    raises `ValueError` (`check_config`).
     """
     state, meta = read_checkpoint(directory)
     if config is not None:

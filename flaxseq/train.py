@@ -195,9 +195,14 @@ def run_epoch(
 
 
 class FitResult(struct.PyTreeNode):
+    """The final state, the best validation parameters, one history record per epoch (those
+    before a resume included), and `earlier_seconds`: the time the processes before a resume
+    spent in `fit` (0 when the run was not resumed)."""
+
     state: TrainState
     best_params: Any
     history: list = struct.field(pytree_node=False)
+    earlier_seconds: float = struct.field(pytree_node=False, default=0.0)
 
 
 def fit(
@@ -216,17 +221,22 @@ def fit(
         0 alone; with `resume`, every process reads it.
       config: the run's configuration, saved with the checkpoint and checked on resume.
       resume: continue from the checkpoint in `checkpoint_dir`. The result equals an
-        uninterrupted run's: the data order, dropout keys and optimizer state all continue.
+        uninterrupted run's: the data order, dropout keys and optimizer state all continue. A
+        checkpoint past `epochs` is refused (its later epochs cannot be undone).
     """
     from flaxseq.checkpoint import load_checkpoint, save_checkpoint
 
     best_params, history = jax.tree.map(jnp.copy, state.params), []  # train_step donates the state
-    best_score = -math.inf
+    best_score, started, earlier_seconds = -math.inf, time.perf_counter(), 0.0
     if resume:
         arrays, meta = load_checkpoint(checkpoint_dir, {"state": state, "best_params": state.params}, config)
+        if len(meta["history"]) > epochs:
+            raise ValueError(f"resume: the checkpoint in {checkpoint_dir} has trained {len(meta['history'])} epochs, "
+                             f"more than epochs={epochs}; pass epochs={len(meta['history'])} or more")
         state = jax.device_put(arrays["state"], trainer.replicated)
         best_params, history = arrays["best_params"], meta["history"]
         best_score = meta["best_score"]
+        earlier_seconds = meta.get("seconds", sum(record["seconds"] for record in history))
         batches.restore(meta["batches"])
         log(f"resumed from {checkpoint_dir} at epoch {batches.epoch + 1}, step {int(state.step)}")
 
@@ -249,6 +259,7 @@ def fit(
         )
         if checkpoint_dir is not None and jax.process_index() == 0:
             meta = {"config": config or {}, "history": history, "best_score": best_score,
-                    "batches": batches.state(), "seed": seed}
+                    "batches": batches.state(), "seed": seed,
+                    "seconds": earlier_seconds + time.perf_counter() - started}
             save_checkpoint(checkpoint_dir, {"state": state, "best_params": best_params}, meta)
-    return FitResult(state=state, best_params=best_params, history=history)
+    return FitResult(state=state, best_params=best_params, history=history, earlier_seconds=earlier_seconds)

@@ -109,6 +109,17 @@ def test_resume_with_another_configuration_fails_and_overwrites_nothing(tmp_path
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_resume_past_the_epochs_asked_for_is_refused(tmp_path):
+    run_fit(tmp_path, epochs=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match=f"resume: the checkpoint in {tmp_path} has trained 2 epochs, more than "
+                                         "epochs=1; pass epochs=2 or more"):
+        run_fit(tmp_path, epochs=1, resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    again = run_fit(tmp_path, epochs=2, resume=True)  # nothing left to train: the checkpoint's result
+    assert [h["epoch"] for h in again.history] == [1, 2] and again.earlier_seconds > 0
+
+
 def test_trim_time_cuts_the_common_padding_columns_rounded_up():
     src = np.array([[5, 6, 0, 0, 0, 0, 0, 0], [7, 0, 0, 0, 0, 0, 0, 0]])
     trg = np.array([[2, 4, 4, 3, 0, 0, 0, 0], [2, 3, 0, 0, 0, 0, 0, 0]])
