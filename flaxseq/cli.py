@@ -6,9 +6,11 @@
     flaxseq train classify --coordinator-address HOST:PORT --num-processes N --process-id I
                                     # one of N processes (hosts); process 0 writes --out
     flaxseq evaluate RUN            # the saved run's test metrics again
+    flaxseq evaluate RUN --data P   # ... on its test data moved to P
     flaxseq predict RUN TEXT...     # label, tags or phonemes for each text
     flaxseq predict RUN --file F    # ... for each line of F (`--file -`: standard input)
-    flaxseq export RUN FILE         # the trained weights as a PyTorch state_dict file
+    flaxseq export RUN FILE         # the trained weights as a PyTorch state_dict file (--overwrite
+                                    # to replace FILE)
     flaxseq --malloc default ...    # leave glibc's malloc as it is (see `entry`)
     flaxseq --debug ...             # a refusal shows its traceback (also FLAXSEQ_DEBUG=1)
     flaxseq --version
@@ -19,7 +21,9 @@ their defaults.
 Errors: a usage error, an option value that cannot train included, keeps argparse's form
 (`flaxseq train classify: error: argument --epochs: ...`, exit 2); any other refusal prints
 `flaxseq: error: ...` naming the argument or file, what was expected and what was given
-(exit 1), with a traceback only under `--debug` or `FLAXSEQ_DEBUG=1`.
+(exit 1), with a traceback only under `--debug` or `FLAXSEQ_DEBUG=1`. Python warnings show as
+`flaxseq: warning: ...`. Ctrl-C stops with a line saying what was kept (exit 130): a run
+keeps its last checkpoint, which `--resume` continues.
 """
 
 import argparse
@@ -29,6 +33,7 @@ import os
 import pathlib
 import sys
 import typing
+import warnings
 
 import flaxseq
 from flaxseq.memory import keep_freed_memory
@@ -50,6 +55,7 @@ HELP = {
     "num_processes": "processes (hosts) of the run; each reads the same data, process 0 writes --out",
     "process_id": "this process's number, 0 to --num-processes - 1",
     "data": "a folder of <class>/<file>.txt or a TSV/CSV of text and label (default: BBC News)",
+    "header": "the --data TSV/CSV's first row names the columns (it is not an example)",
     "max_length": "tokens kept per example (longer ones are truncated)",
     "min_freq": "words seen fewer times in training become <unk>",
     "max_vocab": "largest vocabulary, specials included",
@@ -113,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         task_parser.set_defaults(parser=task_parser)
     evaluate = commands.add_parser("evaluate", help="the saved run's test metrics, computed again")
     evaluate.add_argument("run", help="run folder written by train")
+    evaluate.add_argument("--data", metavar="PATH", help="the run's test data, moved to PATH (classify: its --data; "
+                          "tag: its --test); checked to be the same data")
     predict = commands.add_parser("predict", help="label, tags or phonemes for each text")
     predict.add_argument("run", help="run folder written by train")
     predict.add_argument("texts", nargs="*", help="texts (or words, for seq2seq)")
@@ -121,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="the trained weights as a PyTorch state_dict file (needs torch)")
     export.add_argument("run", help="run folder written by train")
     export.add_argument("file", help="output file, e.g. model.pt")
+    export.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     return parser
 
 
@@ -135,11 +144,18 @@ def guarded(args: argparse.Namespace) -> int:
 
     debug = args.debug or os.environ.get("FLAXSEQ_DEBUG") == "1"
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return run(args)
     except OptionError as error:
         if debug:
             raise
         args.parser.error(f"argument {error.option}: {error.message}")  # exits 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"flaxseq: interrupted; {interrupted(args)}", file=sys.stderr)
+        return 130
     except Exception as error:
         if debug:
             raise
@@ -147,10 +163,34 @@ def guarded(args: argparse.Namespace) -> int:
         return 1
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as the command shows it: `flaxseq: warning: ...`, without the file and
+    line of the code that warned."""
+    warn(str(message))
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command kept."""
+    if args.command != "train":
+        return "nothing was written" if args.command != "export" else f"{args.file} was not written"
+    from flaxseq.checkpoint import has_checkpoint
+    from flaxseq.tasks.folder import CHECKPOINT_DIR
+
+    out = pathlib.Path(args.out)
+    if has_checkpoint(out / CHECKPOINT_DIR):
+        return (f"the run in {out} keeps its last checkpoint (the last epoch that ended); continue it with "
+                "the same command and --resume")
+    return f"no epoch had ended, so {out} holds no checkpoint; start again with --overwrite"
+
+
 def message(error: Exception) -> str:
     """What a refusal says: the error's own text; an OS error's reason and file."""
     if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror}"
+    if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
+        reason = str(error).splitlines()[0][:200] if str(error) else "MemoryError"
+        return (f"out of memory ({reason}); the run's arrays grow with --batch-size and --max-length and the "
+                "model's sizes: choose smaller ones")
     if isinstance(error, (ValueError, OSError, FloatingPointError, TypeError, ImportError)):
         return str(error)
     return f"{type(error).__name__}: {error}"
@@ -197,12 +237,12 @@ def run(args: argparse.Namespace) -> int:
     texts = read_texts(args) if args.command == "predict" else None
     run = saved.load_run(pathlib.Path(args.run))
     if args.command == "evaluate":
-        print(json.dumps(run.evaluate(warn=warn), indent=1))
+        print(json.dumps(run.evaluate(args.data, warn=warn), indent=1))
     elif args.command == "predict":
         for text, prediction in zip(texts, run.predict(texts, warn=warn), strict=True):
             print(f"{text}\t{prediction}")
     elif args.command == "export":
-        saved.export(run, pathlib.Path(args.file))
+        saved.export(run, pathlib.Path(args.file), overwrite=args.overwrite)
         print(f"wrote {args.file}")
     return 0
 

@@ -100,8 +100,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(news_folder, tmp
         return original(*a, **k)
 
     monkeypatch.setattr(flaxseq.train, "run_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        main(args("parts"))
+    capsys.readouterr()
+    assert main(args("parts")) == 130
+    assert capsys.readouterr().err == (f"flaxseq: interrupted; the run in {tmp_path / 'parts'} keeps its last "
+                                       "checkpoint (the last epoch that ended); continue it with the same command "
+                                       "and --resume\n")
     monkeypatch.setattr(flaxseq.train, "run_epoch", original)
     before = {p: p.read_bytes() for p in (tmp_path / "parts").rglob("*") if p.is_file()}
     assert main([*args("parts"), "--resume", "--epochs", "4"]) == 1

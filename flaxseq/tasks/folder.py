@@ -14,8 +14,13 @@ needs `--resume` (continue it) or `--overwrite` (replace it); any other non-empt
 refused. `--overwrite` deletes only the files the manifest says the run wrote. Nothing is
 written until every check has passed: a refused run changes no byte of the folder.
 
-A data fingerprint is the number of items read and the SHA-256 of their JSON text; a resumed
-run and `evaluate` compare it with the one recorded.
+A data fingerprint is the number of items read and the SHA-256 of their JSON text (and the
+source it was read from, which is not compared); a resumed run and `evaluate` compare it with
+the one recorded, so data moved to another path is still the same data.
+
+A resumed run must have the checkpoint's configuration (`model_config`): every option but
+where the run is written, how it is shown, and the paths of its data (checked by content).
+An option the checkpoint predates counts at its default.
 """
 
 import dataclasses
@@ -24,7 +29,8 @@ import json
 import pathlib
 from typing import Any
 
-from flaxseq.checkpoint import check_config, has_checkpoint, read_meta
+from flaxseq.checkpoint import has_checkpoint, read_meta
+from flaxseq.tasks import hosts
 
 RUN_FILE, CONFIG_FILE, CHECKPOINT_DIR = "run.json", "config.json", "checkpoint"
 FORMAT, VERSION = "flaxseq run", 1
@@ -59,6 +65,30 @@ def fingerprint(source: str, items: list) -> dict:
     return {"source": source, "items": len(items), "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
+def same_data(a: dict | None, b: dict | None) -> bool:
+    """Whether two fingerprints are of the same items (wherever they were read from)."""
+    return (a or {}).get("items") == (b or {}).get("items") and (a or {}).get("sha256") == (b or {}).get("sha256")
+
+
+def model_config(config) -> dict:
+    """The options that define the model and the data, which a resumed run must keep: all but
+    `--out`, `--resume`, `--overwrite`, `--progress`, the processes' options and the data paths
+    (`config.data_options`; the data is checked by its fingerprint)."""
+    skip = {"out", "resume", "overwrite", "progress", *hosts.NAMES, *config.data_options}
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+
+
+def config_differences(config, recorded: dict, recorded_as: str = "checkpoint has", now_as: str = "this run has"
+                       ) -> list[str]:
+    """Each option of `model_config(config)` whose value differs from `recorded` (a
+    `model_config` saved earlier), as `"name: checkpoint has X, this run has Y"`. An option
+    absent from `recorded` (one that flaxseq added since) counts at its default; one that
+    `recorded` has and `config` no longer records is not compared."""
+    current, defaults = model_config(config), model_config(type(config)())
+    return [f"{k}: {recorded_as} {recorded.get(k, defaults[k])!r}, {now_as} {current[k]!r}"
+            for k in sorted(current) if recorded.get(k, defaults[k]) != current[k]]
+
+
 def kind(folder: pathlib.Path) -> str:
     """'missing', 'empty', 'run' (has a manifest), 'legacy' (a run of flaxseq before the
     manifest: a config.json naming a task beside a checkpoint folder) or 'other'."""
@@ -69,7 +99,11 @@ def kind(folder: pathlib.Path) -> str:
     if not any(folder.iterdir()):
         return "empty"
     if (folder / RUN_FILE).is_file():
-        manifest = read_json(folder / RUN_FILE)
+        try:
+            manifest = read_json(folder / RUN_FILE)
+        except ValueError as error:
+            raise ValueError(f"{error}; the run in {folder} cannot be read (nor resumed, nor overwritten): repair "
+                             f"or delete {RUN_FILE} (or the folder), or use another folder") from None
         if isinstance(manifest, dict) and manifest.get("format") == FORMAT:
             return "run"
         return "other"
@@ -90,19 +124,26 @@ def manifest(folder: pathlib.Path) -> dict:
     return read_json(folder / RUN_FILE)
 
 
-def claim(config, model_config: dict) -> pathlib.Path:
+def claim(config) -> pathlib.Path:
     """Check `config.out` against the rules above (and, for `--resume`, the checkpoint's
-    configuration against `model_config`); writes nothing."""
+    configuration against `config`'s, `config_differences`); writes nothing."""
     out = pathlib.Path(config.out)
     what = kind(out)
     if config.resume:
         if what not in ("run", "legacy"):
             raise FileNotFoundError(f"--resume: {out} holds no flaxseq run to resume")
+        saved_task = manifest(out).get("task")
+        if saved_task is not None and saved_task != config.task:
+            raise ValueError(f"--resume: {out} holds a {saved_task} run, not a {config.task} run; resume it with "
+                             f"flaxseq train {saved_task} ... --resume")
         checkpoint = out / CHECKPOINT_DIR
         if not has_checkpoint(checkpoint):
             raise FileNotFoundError(f"--resume: {out} holds no checkpoint (the run stopped before its first "
                                     "epoch ended); start again with --overwrite")
-        check_config(checkpoint, read_meta(checkpoint).get("config", {}), model_config)
+        differences = config_differences(config, read_meta(checkpoint).get("config", {}))
+        if differences:
+            raise ValueError(f"--resume: the checkpoint in {checkpoint} was made with another configuration; "
+                             "nothing was overwritten:\n  " + "\n  ".join(differences))
     elif what == "other":
         names = sorted(p.name for p in out.iterdir())
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
@@ -118,17 +159,20 @@ def claim(config, model_config: dict) -> pathlib.Path:
 def begin(out: pathlib.Path, config, task_files: tuple[str, ...], fingerprints: dict) -> bool:
     """Start writing the run: for a fresh run, remove the previous run's files (if any), write
     the manifest and config.json, and return True; for `--resume`, refuse data whose
-    fingerprints differ from the recorded ones (nothing written) and return False."""
+    fingerprints differ from the recorded ones (nothing written), record where the data is now
+    (manifest and config.json, rewritten whole) and return False."""
     what = kind(out)
     if config.resume:
         recorded = manifest(out).get("data")
-        if recorded is not None and recorded != fingerprints:
-            changed = [f"{k}: {fingerprints.get(k)} now, {recorded.get(k)} recorded"
-                       for k in sorted(set(recorded) | set(fingerprints)) if recorded.get(k) != fingerprints.get(k)]
-            raise ValueError(f"--resume: the data differs from the data the run in {out} was trained on; "
-                             "nothing was overwritten:\n  " + "\n  ".join(changed))
-        if what == "legacy":
-            _write_manifest(out, config, task_files, fingerprints)
+        if recorded is not None:
+            changed = [f"{k}: {describe(fingerprints.get(k))} now, {describe(recorded.get(k))} recorded"
+                       for k in sorted(set(recorded) | set(fingerprints))
+                       if not same_data(recorded.get(k), fingerprints.get(k))]
+            if changed:
+                raise ValueError(f"--resume: the data differs from the data the run in {out} was trained on; "
+                                 "nothing was overwritten:\n  " + "\n  ".join(changed))
+        _write_manifest(out, config, task_files, fingerprints)
+        write_json(out / CONFIG_FILE, config_record(config))
         return False
     if what in ("run", "legacy"):
         remove_run(out)
@@ -136,6 +180,13 @@ def begin(out: pathlib.Path, config, task_files: tuple[str, ...], fingerprints: 
     _write_manifest(out, config, task_files, fingerprints)
     write_json(out / CONFIG_FILE, config_record(config))
     return True
+
+
+def describe(found: dict | None) -> str:
+    """A fingerprint in words: `"120 items (sha256 3fa2c1...) from PATH"`."""
+    if not found:
+        return "nothing"
+    return f"{found.get('items')} items (sha256 {str(found.get('sha256'))[:12]}...) from {found.get('source')}"
 
 
 def config_record(config) -> dict:

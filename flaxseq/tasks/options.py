@@ -39,6 +39,14 @@ def at_least(config, minimum: int, *names: str) -> None:
             raise OptionError(flag(name), f"must be at least {minimum}, got {value}")
 
 
+def at_most(config, maximum: int, *names: str) -> None:
+    """Integer options `names` of `config` must be at most `maximum`."""
+    for name in names:
+        value = _number(config, name, integer=True)
+        if value > maximum:
+            raise OptionError(flag(name), f"must be at most {maximum}, got {value}")
+
+
 def positive(config, *names: str) -> None:
     """Number options `names` must be finite and greater than 0."""
     for name in names:

@@ -19,7 +19,7 @@ import numpy as np
 from flaxseq.data import BatchIterator
 from flaxseq.optim import adam_with_clipping
 from flaxseq.tasks import folder, hosts, options
-from flaxseq.tasks.folder import CHECKPOINT_DIR
+from flaxseq.tasks.folder import CHECKPOINT_DIR, model_config
 from flaxseq.train import FitResult, Trainer, fit
 
 
@@ -43,16 +43,18 @@ class RunConfig:
     process_id: int | None = None
 
     task: typing.ClassVar[str] = ""
+    data_options: typing.ClassVar[tuple[str, ...]] = ()  # options naming data files (checked by content)
 
     def check(self) -> None:
         """Raise `OptionError` for an option that cannot train: epochs and batch size at least 1,
-        learning rate and `max_norm` finite and greater than 0, seed at least 0, `--resume`
+        learning rate and `max_norm` finite and greater than 0, seed in [0, 2**32 - 1], `--resume`
         without `--overwrite`, the processes' options all or none (`hosts.check`). Tasks add
         their own rules. The devices are counted later, once the processes have joined
         (`check_devices`)."""
         options.excludes(self, "resume", "overwrite")
         options.at_least(self, 1, "epochs", "batch_size")
         options.at_least(self, 0, "seed")
+        options.at_most(self, 2**32 - 1, "seed")
         options.positive(self, "learning_rate", "max_norm")
         options.one_of(self, "clip", ("optax", "torch"))
         if not self.out:
@@ -72,12 +74,6 @@ class RunConfig:
         return self
 
 
-def model_config(config) -> dict:
-    """The fields that define the model and data (a resumed run must match them)."""
-    skip = {"out", "resume", "overwrite", "progress", *hosts.NAMES}
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
-
-
 def start(config: RunConfig, prepare, task_files: tuple[str, ...], save_vocabularies):
     """Check the options, join the run's processes, claim `--out`, read the data
     (`prepare(config)`, whose result has `fingerprints`), then begin the run folder and, for a
@@ -90,7 +86,7 @@ def start(config: RunConfig, prepare, task_files: tuple[str, ...], save_vocabula
 
     def read():
         resolved = config.resolved()
-        return resolved, folder.claim(resolved, model_config(resolved)), prepare(resolved)
+        return resolved, folder.claim(resolved), prepare(resolved)
 
     config, out, prepared = hosts.together(read, "reading the data or checking --out")
     hashes = {name: found["sha256"] for name, found in (prepared.fingerprints or {}).items()}  # not the paths
@@ -105,12 +101,15 @@ def start(config: RunConfig, prepare, task_files: tuple[str, ...], save_vocabula
     return config, out, prepared
 
 
-def write_metrics(out: pathlib.Path, metrics: dict, history: list, started: float) -> dict:
-    """metrics.json (final metrics, wall time, per-epoch history) and curves.png (process 0 writes them)."""
-    metrics = {**metrics, "wall_seconds": time.perf_counter() - started, "history": history}
+def write_metrics(out: pathlib.Path, metrics: dict, result: FitResult, started: float) -> dict:
+    """metrics.json (final metrics, wall time, per-epoch history) and curves.png (process 0
+    writes them). `wall_seconds` is this process's time since `started` plus the training time
+    of the processes before a resume."""
+    metrics = {**metrics, "wall_seconds": time.perf_counter() - started + result.earlier_seconds,
+               "history": result.history}
     if hosts.main():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        plot_curves(history, out / "curves.png")
+        plot_curves(result.history, out / "curves.png")
     return metrics
 
 

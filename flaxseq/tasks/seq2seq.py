@@ -35,6 +35,7 @@ from flaxseq.tasks.run import RunConfig, split_batches, start, train_model, writ
 FIELDS = ("src", "src_lengths", "trg")
 VOCAB_FILES = ("letters.json", "phonemes.json")  # what predict reads from the run folder
 TEST_DATA = "data"  # the fingerprint evaluate checks: the test words are cut from the dictionary
+TEST_OPTION = None  # the option naming the test data's path (evaluate's --data replaces it)
 
 
 @dataclasses.dataclass
@@ -251,8 +252,7 @@ def train(config: Seq2SeqConfig, log=print) -> dict:
     result, _ = train_model(config, out, model, make_loss(model, config.teacher_forcing_ratio), FIELDS,
                             prepared.splits["train"], prepared.splits["valid"], score="phoneme_accuracy",
                             validate=validate, init=init_params, log=log, **bucketing)
-    metrics = write_metrics(out, test_metrics(None, model, result.best_params, prepared, config), result.history,
-                            started)
+    metrics = write_metrics(out, test_metrics(None, model, result.best_params, prepared, config), result, started)
     log(f"test phoneme error rate {metrics['phoneme_error_rate']:.4f}, word accuracy {metrics['word_accuracy']:.4f};"
         f" {metrics['wall_seconds']:.0f} s; run saved in {out}")
     return metrics
@@ -260,11 +260,17 @@ def train(config: Seq2SeqConfig, log=print) -> dict:
 
 def predict(model, params, prepared: Prepared, config: Seq2SeqConfig, words: list[str], warn) -> list[str]:
     """Space-separated phonemes for each word; `warn(message)` for each word longer than the
-    run's `max_length` letters (the encoder reads its first `max_length`)."""
+    run's `max_length` letters (the encoder reads its first `max_length`) and for each word with
+    letters the model never saw in training (read as `<unk>`)."""
     for i, word in enumerate(words):
         if len(word) > config.max_length:
             warn(f"word {i + 1} has {len(word)} letters; the model read only the first {config.max_length} "
                  "(the run's --max-length)")
+        unseen = sorted({letter for letter in word.lower() if letter not in prepared.letters})
+        if unseen:
+            shown = ", ".join(map(repr, unseen))
+            warn(f"word {i + 1} ({word!r}) has letters the model never saw in training ({shown});"
+                 " it read them as <unk>")
     src, src_lengths = data.encode_sequences([list(w.lower()) for w in words], prepared.letters, config.max_length)
     return [" ".join(p) for p in decode(model, params, prepared, src, src_lengths, config.max_length,
                                         config.batch_size)]

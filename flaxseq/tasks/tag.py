@@ -12,11 +12,13 @@ with `--no-unk-shapes`; at every training step, rare training words are replaced
 only (padding never counts).
 """
 
+import collections
 import dataclasses
 import os
 import pathlib
 import time
 import typing
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,7 @@ from flaxseq.tasks.run import RunConfig, split_batches, start, train_model, writ
 FIELDS = ("ids", "lengths", "tags")  # the batch's arrays, in the order of the data splits
 VOCAB_FILES = ("vocab.json", "tags.json")  # what predict reads from the run folder
 TEST_DATA = "test"  # the fingerprint evaluate checks
+TEST_OPTION = "test"  # the option naming the test data's path (evaluate's --data replaces it)
 DATA_VARIABLE = "FLAXSEQ_DATA"
 EWT_FILES = ("ud-english-ewt/en_ewt-ud-dev.conllu", "ud-english-ewt/en_ewt-ud-test.conllu")  # under $FLAXSEQ_DATA
 EWT_URL = "https://github.com/UniversalDependencies/UD_English-EWT"
@@ -39,6 +42,7 @@ EWT_URL = "https://github.com/UniversalDependencies/UD_English-EWT"
 @dataclasses.dataclass
 class TagConfig(RunConfig):
     task: typing.ClassVar[str] = "tag"
+    data_options: typing.ClassVar[tuple[str, ...]] = ("train", "test")
     train: str | None = None  # None: $FLAXSEQ_DATA/ud-english-ewt/en_ewt-ud-dev.conllu
     test: str | None = None  # None: $FLAXSEQ_DATA/ud-english-ewt/en_ewt-ud-test.conllu
     max_length: int = 64
@@ -66,21 +70,26 @@ class TagConfig(RunConfig):
         both must exist."""
         paths = {"train": self.train, "test": self.test}
         root = os.environ.get(DATA_VARIABLE)
+        missing = [f"--{name}" for name, path in paths.items() if path is None]
         for (name, path), default in zip(paths.items(), EWT_FILES, strict=True):
             if path is None:
                 if not root or not (pathlib.Path(root) / default).is_file():
-                    raise FileNotFoundError(missing_data_message(root))
+                    raise FileNotFoundError(missing_data_message(root, missing))
                 path = str(pathlib.Path(root) / default)
+            if pathlib.Path(path).is_dir():
+                raise IsADirectoryError(f"--{name}: expected a CoNLL-U file, got {path}, which is a folder")
             if not pathlib.Path(path).is_file():
                 raise FileNotFoundError(f"--{name}: expected a CoNLL-U file, got {path}, which does not exist")
             paths[name] = str(pathlib.Path(path).resolve())
         return dataclasses.replace(self, **paths)
 
 
-def missing_data_message(root: str | None) -> str:
-    """Why the tagger has no data, and where to put it."""
-    where = (f"{DATA_VARIABLE}={root} holds no {' or '.join(EWT_FILES)}" if root
-             else f"no --train and --test were given and {DATA_VARIABLE} is not set")
+def missing_data_message(root: str | None, missing: list[str]) -> str:
+    """Why the tagger has no data (`missing`: the options not given), and where to put it."""
+    options_missing = " and ".join(missing)
+    where = (f"no {options_missing} {'was' if len(missing) == 1 else 'were'} given and {DATA_VARIABLE}={root} holds "
+             f"no {' or '.join(EWT_FILES)}" if root
+             else f"no {options_missing} {'was' if len(missing) == 1 else 'were'} given and {DATA_VARIABLE} is not set")
     return (f"the tagger needs CoNLL-U files: {where}. Pass --train FILE --test FILE, or get Universal "
             f"Dependencies English-EWT ({EWT_URL}: en_ewt-ud-dev.conllu, en_ewt-ud-test.conllu), put the two files "
             f"in DIR/ud-english-ewt/ and set {DATA_VARIABLE}=DIR")
@@ -146,6 +155,7 @@ def prepare(config: TagConfig) -> Prepared:
     train_words = [sentences[i][0] for i in train_idx]
     vocab, replacement = build_vocab(train_words, config)
     tags = data.Vocab.build([t for _, t in sentences])
+    warn_unseen_tags(config.test, test_sentences, tags)
     fingerprints = {"train": folder.fingerprint(config.train, sentences),
                     TEST_DATA: folder.fingerprint(test_source, test_sentences)}
     prepared = Prepared(vocab, tags, {}, replacement=replacement, fingerprints=fingerprints)
@@ -157,6 +167,16 @@ def prepare(config: TagConfig) -> Prepared:
     test_words = [w.lower() if config.lowercase else w for words, _ in test_sentences for w in words]
     prepared.unseen = float(np.mean([w not in vocab for w in test_words]))
     return prepared
+
+
+def warn_unseen_tags(source: str, sentences: list, tags: data.Vocab) -> None:
+    """Warn if tags of `sentences` are absent from the training tags: the model cannot predict
+    them, so their tokens count as errors."""
+    counts = collections.Counter(t for _, sentence_tags in sentences for t in sentence_tags if t not in tags)
+    if counts:
+        shown = ", ".join(f"{tag!r} ({n})" for tag, n in counts.most_common(5)) + (", ..." if len(counts) > 5 else "")
+        warnings.warn(f"--test {source}: {sum(counts.values())} tokens have tags that the training file has not "
+                      f"({shown}); the tagger cannot predict them and they count as errors", stacklevel=2)
 
 
 def encode(prepared: Prepared, config: TagConfig, sentences: list) -> tuple[np.ndarray, ...]:
@@ -224,7 +244,7 @@ def train(config: TagConfig, log=print) -> dict:
     result, trainer = train_model(config, out, model, loss_fn, FIELDS, prepared.splits["train"],
                                   prepared.splits["valid"], log=log)
     metrics = write_metrics(out, test_metrics(trainer, model, result.best_params, prepared, config),
-                            result.history, started)
+                            result, started)
     log(f"test token accuracy {metrics['token_accuracy']:.4f} (best validation parameters);"
         f" {metrics['wall_seconds']:.0f} s; run saved in {out}")
     return metrics
