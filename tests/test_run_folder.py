@@ -209,6 +209,18 @@ def test_a_truncated_text_is_warned_about(trained, capsys):
     assert len(captured.out.splitlines()) == 2
 
 
+def test_seq2seq_warns_of_letters_it_never_saw(monkeypatch):
+    from flaxseq.tasks import seq2seq
+
+    letters = data.Vocab(list("abc"))
+    prepared = seq2seq.Prepared(letters, data.Vocab(["AH"]), {})
+    monkeypatch.setattr(seq2seq, "decode", lambda model, params, prepared, src, *rest: [["AH"]] * len(src))
+    warned = []
+    phonemes = seq2seq.predict(None, None, prepared, seq2seq.Seq2SeqConfig(), ["abc", "cafe"], warned.append)
+    assert phonemes == ["AH", "AH"]
+    assert warned == ["word 2 ('cafe') has letters the model never saw in training ('e', 'f'); it read them as <unk>"]
+
+
 def test_the_tagger_tags_every_word_of_a_long_sentence(tag_run, capsys):
     sentence = " ".join(["the", "dog"] * 50)  # 100 words, the run's --max-length is 4
     capsys.readouterr()
