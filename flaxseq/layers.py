@@ -130,7 +130,12 @@ class RNNBase(_Stack):
     `custom_gradient` (default True): the loop's gradient is written by hand, as cuDNN does it
     (`flaxseq.recurrence`), which is fast but reverse mode only (`jax.grad`, `jax.vjp`); with
     False JAX differentiates the loop itself, so forward mode (`jax.jvp`, `jax.jacfwd`,
-    `jax.hessian`) works too, at a slower reverse mode. Same values either way.
+    `jax.hessian`) works too, at a slower reverse mode. Same values either way. Forward mode
+    through the default raises a `TypeError` naming the kind and this argument; under `jax.jit`
+    it is JAX's own `can't apply forward-mode autodiff (jvp) to a custom_vjp function`, raised
+    where JAX differentiates the compiled function, which flaxseq does not see: it means the
+    same. The hand-written gradient also differentiates only through the step's arguments: a
+    kind whose step closes over a value being differentiated is refused (`flaxseq.kinds`).
 
     Differences from PyTorch: PyTorch's `dtype=` (the parameters' dtype) is `param_dtype` here,
     and `dtype` is Flax's computation dtype (None: promoted from input and parameters). `device=`

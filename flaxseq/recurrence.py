@@ -31,12 +31,13 @@ The rules, with the measurements behind them in `docs/performance.md`:
   NaN or infinity in the padding reaches no output and no gradient.
 """
 
+import dataclasses
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
-from flaxseq.kinds import CellKind, check_gradient, check_step
+from flaxseq.kinds import CellKind, StepGradient, check_gradient, check_step
 from flaxseq.weights import InputWeights, StepWeights, Weights, input_weights, split_gates, step_weights
 
 # Not differentiated, a larger input projection of all steps is computed step by step instead
@@ -68,8 +69,11 @@ def scan_layer(
       carries: one initial carry per direction, `h [batch, proj or hidden]` or `(h, c)`.
       lengths: `[batch]` integers, or None when every sequence fills the time axis. Values are
         clipped to [0, time]; a sequence of length 0 gives zero outputs and keeps its carry.
-      custom_gradient: differentiate by the hand-written loop gradient (reverse mode only);
-        False: let JAX differentiate the loop (`plain_recurrence`), which forward mode needs.
+      custom_gradient: differentiate by the hand-written loop gradient (reverse mode only: forward
+        mode raises a `TypeError` naming the kind, or under `jax.jit` JAX's own custom_vjp
+        message, raised past this function; a step closing over a value being differentiated is
+        refused, `closed_recurrence`); False: let JAX differentiate the loop
+        (`plain_recurrence`), which forward mode and such steps need.
       batch_major: the outputs as `[batch, time, proj or hidden]`, written so by the loop.
 
     Returns:
@@ -93,8 +97,20 @@ def scan_layer(
             return jnp.take_along_axis(a, index if axis == 0 else jnp.swapaxes(index, 0, 1), axis=axis)
 
     xs = tuple(reverse(x) if direction else x for direction in range(len(weights)))
-    loop = recurrence if custom_gradient else plain_recurrence
-    ys, finals = loop(kind, batch_major, tuple(weights), xs, tuple(carries), mask)
+    args = (tuple(weights), xs, tuple(carries), mask)
+    if not custom_gradient:
+        ys, finals = plain_recurrence(kind, batch_major, *args)
+    else:
+        consts, bind = _closed_over(kind, weights[0], x, carries[0])
+        try:
+            if consts:
+                ys, finals = closed_recurrence(kind.name, bind, batch_major, *args, consts)
+            else:
+                ys, finals = recurrence(kind, batch_major, *args)
+        except TypeError as error:  # JAX's words for forward mode through a custom_vjp, outside `jax.jit`
+            if "forward-mode autodiff" not in str(error):
+                raise
+            raise TypeError(_FORWARD_MODE.format(name=kind.name)) from error
     time_axis = 1 if batch_major else 0
     ys = [reverse(y, time_axis) if direction else y for direction, y in enumerate(ys)]
     return ys, list(finals)
@@ -110,6 +126,44 @@ def _check_kind(kind: CellKind, weights: Weights, x: jax.Array, carry, custom_gr
     check_step(kind, (block,) * kind.gates, (block,) * kind.gates, spec, expected)
     if custom_gradient and kind.gradient is not None:
         check_gradient(kind, (block,) * kind.gates, (block,) * kind.gates, spec, expected)
+
+
+_FORWARD_MODE = (
+    "cell kind {name!r}: forward-mode differentiation (jax.jvp, jax.jacfwd) is not defined for the "
+    "hand-written gradient of the time loop (custom_gradient=True, reverse mode only); construct the layer "
+    "with custom_gradient=False, and JAX differentiates the loop itself, with the same values"
+)
+
+
+def _closed_over(kind: CellKind, weights: Weights, x: jax.Array, carry) -> tuple:
+    """`(consts, bind)`: the traced values that `kind`'s step, or its hand-written gradient,
+    reads from its closure and that JAX could be differentiating (`jax.closure_convert`: arrays
+    of an outer `jax.grad`, `jax.jit`), and `bind(consts)`, the same kind reading them from
+    `consts` instead. `consts` is `()` for a kind that closes over no traced value, as the
+    built-in ones; `closed_recurrence` then refuses to differentiate with respect to them."""
+    block = jax.ShapeDtypeStruct((x.shape[1], weights.w_ih.shape[0] // kind.gates), x.dtype)
+    gates = (block,) * kind.gates
+    carry = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), carry)
+    step, step_consts = jax.closure_convert(kind.step, gates, gates, carry)
+    halves, consts = [], [tuple(step_consts)]
+    if kind.gradient is not None:
+        _, residuals = jax.eval_shape(kind.gradient.forward, gates, gates, carry)
+        for fn, args in ((kind.gradient.forward, (gates, gates, carry)),
+                         (kind.gradient.backward, (residuals, carry, kind.with_hidden(carry, block)))):
+            converted, closed = jax.closure_convert(fn, *args)
+            halves.append(converted)
+            consts.append(tuple(closed))
+    if not any(consts):
+        return (), None
+
+    def bind(consts):
+        def with_consts(fn, values):
+            return lambda *args: fn(*args, *values)
+
+        gradient = None if not halves else StepGradient(*map(with_consts, halves, consts[1:]))
+        return dataclasses.replace(kind, step=with_consts(step, consts[0]), gradient=gradient)
+
+    return tuple(consts), bind
 
 
 def _select(mask, new, old):
@@ -490,3 +544,44 @@ def _stacked_transposed(parts: tuple):
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def closed_recurrence(name: str, bind, batch_major: bool, weights: tuple, xs: tuple, carries: tuple, mask,
+                      consts: tuple):
+    """`recurrence` of the kind `bind(consts)` (`_closed_over`), whose step reads traced values
+    from its closure: they come in as `consts`, so that JAX sees them, and the gradient refuses
+    to differentiate with respect to them (the hand-written loop gradient has no rule for them),
+    naming the kind; with respect to the rest, it is `recurrence`'s."""
+    return recurrence.fun(bind(consts), batch_major, weights, xs, carries, mask)
+
+
+def _closed_recurrence_fwd(name, bind, batch_major, weights, xs, carries, mask, consts):
+    # symbolic zeros: each argument's leaves come as jax.custom_derivatives.CustomVJPPrimal
+    if any(leaf.perturbed for leaf in jax.tree.leaves(consts)):
+        raise TypeError(
+            f"cell kind {name!r}: its step closes over a traced value that is being differentiated "
+            "(an array of an outer jax.grad or jax.jvp, captured by the step or its gradient, through "
+            "jax.jit too); "
+            "the hand-written gradient of the time loop (custom_gradient=True) differentiates only "
+            "through the step's arguments: values the step depends on must come in through its "
+            "parameters (the cell's weights, inputs and states), or construct the layer with "
+            "custom_gradient=False, and JAX differentiates the loop itself"
+        )
+    weights, xs, carries, mask, consts = jax.tree.map(
+        lambda leaf: leaf.value, (weights, xs, carries, mask, consts))
+    outputs, residuals = _recurrence_fwd(bind(consts), batch_major, weights, xs, carries, mask)
+    return outputs, (consts, residuals)
+
+
+def _closed_recurrence_bwd(name, bind, batch_major, residuals, cotangents):
+    consts, residuals = residuals
+    cotangents = jax.tree.map(  # symbolic zeros: a cotangent that is zero may come as a SymbolicZero
+        lambda c: jnp.zeros(c.shape, c.dtype) if isinstance(c, jax.custom_derivatives.SymbolicZero) else c,
+        cotangents, is_leaf=lambda c: isinstance(c, jax.custom_derivatives.SymbolicZero),
+    )
+    gradients = _recurrence_bwd(bind(consts), batch_major, residuals, cotangents)
+    return (*gradients, jax.tree.map(jnp.zeros_like, consts))  # not perturbed (the forward half refuses)
+
+
+closed_recurrence.defvjp(_closed_recurrence_fwd, _closed_recurrence_bwd, symbolic_zeros=True)

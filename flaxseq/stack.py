@@ -143,7 +143,8 @@ def run(
       dropout_keys: one PRNG key per layer but the last, to apply dropout between layers
         (probability `config.dropout`); None: no dropout (evaluation).
       dtype: the computation dtype; None: promoted from the input and the weights.
-      custom_gradient: the loop's hand-written gradient (reverse mode only), or JAX's.
+      custom_gradient: the loop's hand-written gradient (reverse mode only; `flaxseq.RNNBase`
+        says what forward mode raises), or JAX's.
       use_cudnn: the whole stack as one cuDNN call (`flaxseq.cudnn`; LSTM kind only).
       name: the layer's name in messages (default: the kind's).
 

@@ -158,6 +158,78 @@ def test_hand_written_gradient_is_used():
     np.testing.assert_allclose(grads[1]["weight_ih_l0"], 2 * grads[0]["weight_ih_l0"], rtol=1e-13)
 
 
+def scaled_kind(a, hand_written: bool) -> flaxseq.CellKind:
+    """MGU with its input gates scaled by `a`, read from the closure (by the gradient's halves too)."""
+
+    def step(gx, gh, h):
+        return mgu_step(tuple(a * g for g in gx), gh, h)
+
+    if not hand_written:
+        return flaxseq.CellKind("SCALED", 2, step)
+
+    def forward(gx, gh, h):
+        return step(gx, gh, h), (gx, gh, h)
+
+    def backward(residuals, h, dh):
+        return jax.vjp(step, *residuals)[1](dh)
+
+    return flaxseq.CellKind("SCALED", 2, step, gradient=flaxseq.StepGradient(forward, backward))
+
+
+CLOSURE = ("cell kind 'SCALED': its step closes over a traced value that is being differentiated", "must come in "
+           "through its parameters", "or construct the layer with custom_gradient=False")
+
+
+@pytest.mark.parametrize("hand_written", [False, True])
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_step_closing_over_a_differentiated_value_is_refused(jit, hand_written):
+    """`jax.grad` with respect to a value the step captures: the loop's hand-written gradient
+    has no rule for it; refused naming the kind and the two ways out (it was JAX's
+    UnexpectedTracerError, or its custom_vjp closure error under `jax.jit`). With
+    custom_gradient=False JAX differentiates it."""
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((TIME, BATCH, INPUT)))
+    params = flaxseq.RNNBase(MGU, INPUT, HIDDEN, param_dtype=jnp.float64).init(jax.random.key(0), x)
+
+    def loss(a, custom_gradient):
+        layer = flaxseq.RNNBase(scaled_kind(a, hand_written), INPUT, HIDDEN, custom_gradient=custom_gradient)
+        run = (jax.jit if jit else (lambda f: f))(lambda p: layer.apply(p, x)[0].sum())
+        return run(params)
+
+    with pytest.raises(TypeError) as error:
+        jax.grad(loss)(1.5, True)
+    assert all(part in str(error.value) for part in CLOSURE), str(error.value)
+    step = 1e-6
+    want = (loss(1.5 + step, False) - loss(1.5 - step, False)) / (2 * step)
+    np.testing.assert_allclose(jax.grad(loss)(1.5, False), want, rtol=1e-7)
+
+
+@pytest.mark.parametrize("hand_written", [False, True])
+def test_a_step_closing_over_a_traced_value_not_differentiated(hand_written):
+    """Under `jax.jit` a captured argument is traced but not differentiated: the gradient with
+    respect to the parameters, the input and the state is the hand-written loop's, equal to JAX's."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.standard_normal((TIME, BATCH, INPUT)))
+    h0 = jnp.asarray(rng.standard_normal((1, BATCH, HIDDEN)))
+    params = flaxseq.RNNBase(MGU, INPUT, HIDDEN, param_dtype=jnp.float64).init(jax.random.key(0), x)["params"]
+
+    def grads(custom_gradient):
+        @jax.jit
+        def run(params, x, h0, a):
+            layer = flaxseq.RNNBase(scaled_kind(a, hand_written), INPUT, HIDDEN, custom_gradient=custom_gradient)
+
+            def loss(params, x, h0):
+                output, h_n = layer.apply({"params": params}, x, h0, lengths=jnp.asarray([TIME, 2, 4]))
+                return jnp.sum(output * output) + jnp.sum(h_n)
+
+            return jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x, h0)
+
+        return run(params, x, h0, 1.5)
+
+    got, want = grads(True), grads(False)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "step, message",
     [
@@ -365,3 +437,4 @@ def test_proj_size_needs_a_cell_state(kind):
     with pytest.raises(ValueError, match=f"proj_size argument is only supported for a kind with a cell state "
                                          f"\\(LSTM\\), not {kind.name} \\(got proj_size=2\\)"):
         flaxseq.nnx.RNNBase(kind, INPUT, HIDDEN, proj_size=2, rngs=nnx.Rngs(0))
+

@@ -5,6 +5,8 @@ lengths and directions); the cuDNN path's weight packing against `jax.experiment
 on any machine, and the path itself against PyTorch where a GPU exists.
 """
 
+import re
+
 import flax.nnx
 import jax
 import jax.extend.core
@@ -55,7 +57,10 @@ def test_custom_gradient_equals_autodiff(mode, lengths):
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_forward_mode_without_custom_gradient(kind):
     """`custom_gradient=False` allows `jax.jvp`: its directional derivative equals the hand-written
-    gradient's dot product with the tangent (float64); the default raises JAX's error."""
+    gradient's dot product with the tangent (float64); the default refuses forward mode, naming
+    the way out (it gave JAX's custom_vjp message alone). Under `jax.jit` JAX raises its own
+    message when it differentiates the compiled function, past any flaxseq frame (the
+    docstrings of `custom_gradient` say so)."""
     module = getattr(flaxseq, kind)(4, 5, 2, bidirectional=True, batch_first=True, param_dtype=jnp.float64)
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.standard_normal((3, 6, 4)))
@@ -70,8 +75,16 @@ def test_forward_mode_without_custom_gradient(kind):
     grad = jax.grad(loss(module))(params)
     expected = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grad), jax.tree.leaves(tangent), strict=True))
     np.testing.assert_allclose(directional, expected, rtol=1e-12)
-    with pytest.raises(TypeError, match="forward-mode autodiff"):
+    refusal = (f"cell kind '{kind}': forward-mode differentiation (jax.jvp, jax.jacfwd) is not defined for the "
+               "hand-written gradient of the time loop (custom_gradient=True, reverse mode only); construct the "
+               "layer with custom_gradient=False")
+    with pytest.raises(TypeError, match=re.escape(refusal)):
         jax.jvp(loss(module), (params,), (tangent,))
+    scan = flaxseq.nnx.CellScan(getattr(flaxseq.nnx, kind + "Cell")(4, 5, rngs=flax.nnx.Rngs(0)))
+    with pytest.raises(TypeError, match=re.escape(refusal)):
+        jax.jacfwd(lambda x: scan(x)[1])(x[0])
+    with pytest.raises(TypeError, match="forward-mode autodiff"):  # JAX's, past flaxseq's frames
+        jax.jvp(jax.jit(loss(module)), (params,), (tangent,))
 
 
 @pytest.mark.parametrize("mode", ["RNN_RELU", "LSTM", "LSTM_PROJ", "GRU"])
