@@ -17,6 +17,21 @@ product each and a new cell needs no calculus. A `StepGradient` replaces that wi
 hand, which can save activations in the forward loop and so recompute nothing in the backward
 one (as the kinds below do, after cuDNN).
 
+What a step (and a `StepGradient`'s halves) may read: its arguments, and constants (plain
+arrays and numbers). A kind is static data to the front ends, not state, so:
+
+- A kind's learnable parameters are the cell's parameters, `weight_ih`, `weight_hh`, `bias_ih`,
+  `bias_hh` (they reach the step as `gx` and `gh`); the contract has no others. An NNX variable
+  (`nnx.Param`, any `nnx.Variable`) that a step reads, held by the kind or captured, would get
+  no gradient from `nnx.grad` and keep its first value under `nnx.jit`: the NNX layers and
+  cells refuse such a kind at construction (`flaxseq.nnx.recurrent.check_kind_state`), naming it.
+- A value the step captures that JAX is differentiating (an array of an outer `jax.grad`) has
+  no rule in the loop's hand-written gradient (`custom_gradient=True`), which differentiates
+  through the step's arguments only: refused when differentiated, naming the kind. Bring such a
+  value in through the cell's parameters, or build the layer with `custom_gradient=False`,
+  where JAX differentiates the loop and the captured value with it. A captured value that is
+  traced but not differentiated (an argument of `jax.jit`) is a constant, and allowed.
+
 The built-in kinds, PyTorch's equations:
 
 | kind | gates (rows of `weight_ih` and `weight_hh`, in order) | carry |
@@ -48,12 +63,16 @@ class StepGradient(NamedTuple):
 
     - `forward(gx, gh, carry) -> (carry', residuals)`: the step, and what its gradient reads
       (any pytree of arrays `[batch, ...]`); `carry'` must equal `step(gx, gh, carry)`.
-    - `backward(residuals, carry, d_carry') -> (dgx, dgh, d_carry)`: from the gradient of the
+    - `backward(residuals, carry, d_carry') -> (dgx, dgh, d_carry)` (`d_carry'` of the form of
+      `carry'`): from the gradient of the
       new carry, those of the step's inputs: `dgx` and `dgh` tuples of `gates` arrays
       `[batch, hidden]`, the gradients of the blocks of `gx` and `gh`, and `d_carry` that of
       `carry` through the step's direct use of it (the core adds the part through `gh`).
       `dgh=None` says it equals `dgx`, as when `gx` and `gh` enter only through their sum; the
       core then keeps one of them.
+
+    Both halves are checked at trace time, on shapes only (`check_gradient`): what they return
+    of the wrong form raises `TypeError` naming the kind and the item, before the loops run.
     """
 
     forward: Callable
@@ -282,7 +301,6 @@ def check_gradient(kind: CellKind, gx: tuple, gh: tuple, carry: Any, expected: A
     out = call("backward", kind.gradient.backward, out[1], carry, expected)
     if not (isinstance(out, tuple) and len(out) == 3):
         raise wrong("backward", "a triple", "(dgx, dgh, d_carry)", _describe(out))
-    blocks = (block,) * kind.gates
     dgx, dgh, d_carry = out
     for item, given in (("dgx", dgx), ("dgh", dgh)):
         if item == "dgh" and given is None:

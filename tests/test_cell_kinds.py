@@ -7,6 +7,7 @@ Its outputs, final states and gradients (every parameter, the input, the initial
 at a time, differentiated by JAX, in float64.
 """
 
+import dataclasses
 import re
 import warnings
 
@@ -438,3 +439,101 @@ def test_proj_size_needs_a_cell_state(kind):
                                          f"\\(LSTM\\), not {kind.name} \\(got proj_size=2\\)"):
         flaxseq.nnx.RNNBase(kind, INPUT, HIDDEN, proj_size=2, rngs=nnx.Rngs(0))
 
+
+class Scale:
+    """A learnable scale of the input gates, held outside the cell (the wrong place)."""
+
+    def __init__(self):
+        from flax import nnx
+
+        self.a = nnx.Param(jnp.asarray(1.5))
+
+
+SCALE = Scale()
+
+
+def globally_scaled_step(gx, gh, h):
+    return mgu_step(tuple(SCALE.a[...] * g for g in gx), gh, h)
+
+
+def param_closure_kind():
+    from flax import nnx
+
+    a = nnx.Param(jnp.asarray(1.5))
+    return flaxseq.CellKind("SCALED", 2, lambda gx, gh, h: mgu_step(tuple(a[...] * g for g in gx), gh, h))
+
+
+def param_in_gradient_kind():
+    from flax import nnx
+
+    a = nnx.Param(jnp.asarray(2.0))
+
+    def backward(residuals, h, dh):
+        dgx, dgh, d_h = _mgu_backward(residuals, h, dh)
+        return tuple(a[...] * g for g in dgx), dgh, d_h
+
+    return flaxseq.CellKind("SCALED", 2, mgu_step, gradient=flaxseq.StepGradient(_mgu_forward, backward))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledKind(flaxseq.CellKind):
+    scale: object = None
+
+
+def nnx_scaled_cell(read_param: bool):
+    """An NNX cell whose kind's step is its own bound method, reading `self.scale` (an
+    `nnx.Param`, refused) or `self.alpha` (a float, a constant: accepted)."""
+    from flax import nnx
+
+    class ScaledCell(flaxseq.nnx.RNNCellBase):
+        def __init__(self, *args, **kwargs):
+            self.scale, self.alpha = nnx.Param(jnp.asarray(1.5)), 1.5
+            super().__init__(MGU, *args, **kwargs)
+
+        def cell_kind(self):
+            return flaxseq.CellKind("SCALED", 2, self.step_by_param if read_param else self.step_by_alpha)
+
+        def step_by_param(self, gx, gh, h):
+            return mgu_step(tuple(self.scale[...] * g for g in gx), gh, h)
+
+        def step_by_alpha(self, gx, gh, h):
+            return mgu_step(tuple(self.alpha * g for g in gx), gh, h)
+
+    return ScaledCell(INPUT, HIDDEN, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    "make, variable",
+    [
+        (lambda: flaxseq.CellKind("SCALED", 2, globally_scaled_step), "SCALE.a"),
+        (param_closure_kind, "a"),
+        (param_in_gradient_kind, "a"),
+        (lambda: ScaledKind("SCALED", 2, mgu_step, scale=SCALE), "kind.scale.a"),
+    ],
+)
+@pytest.mark.parametrize("cell", [False, True])
+def test_an_nnx_kind_reading_an_nnx_variable_is_refused(make, variable, cell):
+    """NNX holds a kind as static data: a `nnx.Param` its step reads got zero gradient from
+    `nnx.grad` and kept its first value under `nnx.jit`, silently. Refused at construction,
+    naming the module, the kind, the variable and where learnable parameters live."""
+    from flax import nnx
+
+    module = flaxseq.nnx.RNNCellBase if cell else flaxseq.nnx.RNNBase
+    message = (f"{module.__name__}: cell kind 'SCALED' reads the NNX variable {variable} from outside its step's "
+               "arguments; NNX holds a kind as static data, so nnx.grad would give that variable no gradient")
+    with pytest.raises(TypeError, match=re.escape(message)) as error:
+        module(make(), INPUT, HIDDEN, rngs=nnx.Rngs(0))
+    assert "A kind's learnable parameters are the cell's parameters (weight_ih, weight_hh" in str(error.value)
+
+
+def test_an_nnx_kind_bound_to_its_cell_reads_constants_only():
+    """A kind whose step is a method of its cell: reading a plain attribute is a constant and
+    allowed; reading the cell's own `nnx.Param` is refused, as any NNX variable is."""
+    with pytest.raises(TypeError, match=re.escape("ScaledCell: cell kind 'SCALED' reads the NNX variable "
+                                                  "self.scale from outside its step's arguments")):
+        nnx_scaled_cell(read_param=True)
+    cell = nnx_scaled_cell(read_param=False)
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((BATCH, INPUT)))
+    want = flaxseq.RNNCellBase(scaled_kind(1.5, False), INPUT, HIDDEN).apply(
+        {"params": {name: getattr(cell, name)[...] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}}, x)
+    np.testing.assert_array_equal(cell(x), want)

@@ -8,6 +8,9 @@ input]`, `lstm.bias_hh_l1_reverse`, `lstm.weight_hr_l0`; no bias attributes with
 switch dropout between layers. The arithmetic is `flaxseq.stack`'s, as for the linen layers.
 """
 
+import dataclasses
+import functools
+import types
 from typing import Any
 
 import jax.numpy as jnp
@@ -30,6 +33,91 @@ def require_rngs(module, rngs) -> nnx.Rngs:
     return rngs
 
 
+def check_kind_state(module, kind: CellKind) -> None:
+    """`kind` must reach no NNX variable (`nnx.Param`, any `nnx.Variable`): a kind is static
+    data to NNX, held by the module as it is, so `nnx.grad` would give a variable its step reads
+    no gradient and `nnx.jit` would keep its first value (`flaxseq.kinds`, what a step may read).
+
+    Looked for in the kind's fields and in what its step and hand-written gradient read from
+    outside their arguments: their closures, defaults, `functools.partial` arguments, bound
+    `self`, the globals they name, and the attributes they name of the objects found there,
+    through the functions those call. Raises `TypeError` naming the module, the kind and the
+    variable."""
+    seen: set[int] = set()
+
+    def names(fn) -> set[str]:  # the global and attribute names fn's code reads, nested code too
+        code, found = getattr(fn, "__code__", None), set()
+        stack = [code] if code is not None else []
+        while stack:
+            code = stack.pop()
+            found.update(code.co_names)
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        return found
+
+    def find(value, path: str, read: set[str] | None, depth: int = 0):
+        """The path of the first NNX variable reached from `value`, or None; of an object's
+        attributes, those named in `read` (None: all)."""
+        if isinstance(value, nnx.Variable):
+            return path
+        if depth > 8 or id(value) in seen or isinstance(value, (types.ModuleType, type, str, bytes, int, float)):
+            return None
+        seen.add(id(value))
+        if isinstance(value, (tuple, list)):
+            children = [(f"{path}[{k}]", v, read) for k, v in enumerate(value)]
+        elif isinstance(value, dict):
+            children = [(f"{path}[{k!r}]", v, read) for k, v in value.items()]
+        elif isinstance(value, functools.partial):
+            children = [(path, value.func, read)] + [(path, v, read) for v in (*value.args, *value.keywords.values())]
+        elif isinstance(value, types.MethodType):
+            own = names(value.__func__)
+            children = [(path, value.__func__, own), ("self", value.__self__, own)]
+        elif isinstance(value, types.FunctionType):
+            own = names(value)
+            cells = zip(value.__code__.co_freevars, value.__closure__ or (), strict=True)
+            children = [(name, _contents(cell), own) for name, cell in cells]
+            children += [(name, value.__globals__[name], own) for name in sorted(own) if name in value.__globals__]
+            children += [(f"{path} default", v, own) for v in (*(value.__defaults__ or ()),
+                                                                 *(value.__kwdefaults__ or {}).values())]
+        elif hasattr(value, "__dict__"):
+            call = type(value).__call__ if callable(value) else None
+            if read is not None:
+                read = read | (names(call) if isinstance(call, types.FunctionType) else set())
+            children = [(f"{path}.{name}", v, read) for name, v in vars(value).items() if read is None or name in read]
+            if isinstance(call, types.FunctionType):
+                children.append((path, call, read))
+        else:
+            return None
+        for child_path, child, child_read in children:
+            if (found := find(child, child_path, child_read, depth + 1)) is not None:
+                return found
+        return None
+
+    roots = [("step", kind.step)]
+    if kind.gradient is not None:
+        roots += [("gradient.forward", kind.gradient.forward), ("gradient.backward", kind.gradient.backward)]
+    fields = {field.name for field in dataclasses.fields(CellKind)}
+    roots += [(f"kind.{field.name}", getattr(kind, field.name)) for field in dataclasses.fields(kind)
+              if field.name not in fields]  # a subclass's own fields
+    for where, root in roots:
+        path = find(root, where, None if where.startswith("kind.") else set())
+        if path is not None:
+            raise TypeError(
+                f"{checks.class_name(module)}: cell kind {kind.name!r} reads the NNX variable {path} "
+                f"from outside its step's arguments; NNX holds a kind as static data, so nnx.grad would give "
+                "that variable no gradient and nnx.jit would keep its first value. A kind's learnable "
+                "parameters are the cell's parameters (weight_ih, weight_hh, bias_ih, bias_hh, which reach "
+                "its step as gx and gh); a constant it reads must be a plain array or number"
+            )
+
+
+def _contents(cell):
+    """A closure cell's value; None while the name is not yet bound."""
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
+
+
 class RNNBase(nnx.Module):
     """A stacked recurrent layer of any cell kind (`flaxseq.CellKind`), PyTorch's `RNNBase`.
 
@@ -44,7 +132,10 @@ class RNNBase(nnx.Module):
     dropout between layers draws from the `rngs` given at construction; `eval()` turns it off,
     and so does a view, `nnx.view(model, deterministic=True)`.
     The kind stepped is `cell_kind()`: the one given, or what a subclass's override returns
-    (read once, at construction, after the subclass has set its own attributes).
+    (read once, at construction, after the subclass has set its own attributes); a kind whose
+    step reads an `nnx.Param` is refused there (`check_kind_state`: a kind's learnable
+    parameters are the cell's). `custom_gradient` as in `flaxseq.RNNBase`: the loop's gradient
+    by hand (True, reverse mode only) or JAX's (False, forward mode too).
 
     >>> layer = RNNBase(flaxseq.kinds.GRU, 10, 20, num_layers=2, rngs=nnx.Rngs(0))
     >>> output, h_n = layer(jnp.ones((5, 3, 10)))  # [5, 3, 20], [2, 3, 20]
@@ -62,6 +153,7 @@ class RNNBase(nnx.Module):
             proj_size,
         )
         stack.check_config(self.config)
+        check_kind_state(self, self.config.kind)
         self.kind = self.config.kind
         rngs = require_rngs(self, rngs)
         checks.check_x64(param_dtype)
@@ -187,6 +279,7 @@ class RNNCellBase(nnx.Module):
         kind = self.cell_kind()
         if not isinstance(kind, CellKind):
             raise TypeError(f"kind must be a flaxseq.CellKind, got {type(kind).__name__}")
+        check_kind_state(self, kind)
         checks.check_recurrent_config(input_size=input_size, hidden_size=hidden_size)
         rngs = require_rngs(self, rngs)
         checks.check_x64(param_dtype)
