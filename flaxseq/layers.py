@@ -99,12 +99,15 @@ class RNNBase(_Stack):
     """A stacked recurrent layer of any cell kind, the counterpart of `torch.nn.RNNBase(mode, ...)`.
 
     `RNNBase(kind, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, *, dtype=None, param_dtype=float32, custom_gradient=True)`.
+    dropout=0.0, bidirectional=False, *, proj_size=0, dtype=None, param_dtype=float32,
+    custom_gradient=True)`.
 
     Parameters, per layer k and direction (suffix `_reverse` for the backward one):
-    `weight_ih_l{k}: [gates * hidden, input_size or num_directions * hidden]`,
-    `weight_hh_l{k}: [gates * hidden, hidden]`, `bias_ih_l{k}`, `bias_hh_l{k}: [gates * hidden]`,
-    from U(-1/sqrt(hidden), 1/sqrt(hidden)) as in PyTorch.
+    `weight_ih_l{k}: [gates * hidden, input_size or num_directions * (proj_size or hidden)]`,
+    `weight_hh_l{k}: [gates * hidden, proj_size or hidden]`, `bias_ih_l{k}`, `bias_hh_l{k}:
+    [gates * hidden]`, and with `proj_size > 0` (a kind with a cell state only, as PyTorch's
+    LSTM) `weight_hr_l{k}: [proj_size, hidden]`, all from U(-1/sqrt(hidden), 1/sqrt(hidden)) as
+    in PyTorch.
 
     Call: `module.apply(variables, input, hx=None, *, lengths=None, deterministic=True, rngs=...)`.
 
@@ -124,8 +127,9 @@ class RNNBase(_Stack):
       every layer but the last, drawing from the `'dropout'` rng stream.
 
     Returns `(output, h_n)`, or `(output, (h_n, c_n))` with a cell state, `output: [time, batch,
-    num_directions * hidden_size]` (batch first with `batch_first`; no batch axis unbatched),
-    the final states `[num_layers * num_directions, batch, hidden_size]`.
+    num_directions * (proj_size or hidden_size)]` (batch first with `batch_first`; no batch axis
+    unbatched), the final states `[num_layers * num_directions, batch, proj_size or hidden_size]`
+    (`c_n`: `hidden_size`).
 
     `custom_gradient` (default True): the loop's gradient is written by hand, as cuDNN does it
     (`flaxseq.recurrence`), which is fast but reverse mode only (`jax.grad`, `jax.vjp`); with
@@ -152,6 +156,7 @@ class RNNBase(_Stack):
     batch_first: bool = False
     dropout: float = 0.0
     bidirectional: bool = False
+    proj_size: int = dataclasses.field(default=0, kw_only=True)
     dtype: Any = dataclasses.field(default=None, kw_only=True)
     param_dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
     custom_gradient: bool = dataclasses.field(default=True, kw_only=True)

@@ -537,3 +537,19 @@ def test_an_nnx_kind_bound_to_its_cell_reads_constants_only():
     want = flaxseq.RNNCellBase(scaled_kind(1.5, False), INPUT, HIDDEN).apply(
         {"params": {name: getattr(cell, name)[...] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}}, x)
     np.testing.assert_array_equal(cell(x), want)
+
+
+def test_rnn_base_takes_proj_size_as_lstm_does():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((TIME, BATCH, INPUT)))
+    lstm = flaxseq.LSTM(INPUT, HIDDEN, 2, bidirectional=True, proj_size=2, param_dtype=jnp.float64)
+    base = flaxseq.RNNBase(flaxseq.kinds.LSTM, INPUT, HIDDEN, 2, bidirectional=True, proj_size=2,
+                           param_dtype=jnp.float64)
+    params = lstm.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, base.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    output, (h_n, c_n) = base.apply(params, x)
+    expected = lstm.apply(params, x)
+    assert output.shape == (TIME, BATCH, 4) and h_n.shape == (4, BATCH, 2) and c_n.shape == (4, BATCH, HIDDEN)
+    jax.tree.map(np.testing.assert_array_equal, (output, (h_n, c_n)), expected)
+    with pytest.raises(ValueError, match="proj_size argument is only supported for a kind with a cell state"):
+        flaxseq.RNNBase(flaxseq.kinds.GRU, INPUT, HIDDEN, proj_size=2)
