@@ -107,13 +107,32 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(news_folder, tmp
                                        "and --resume\n")
     monkeypatch.setattr(flaxseq.train, "run_epoch", original)
     before = {p: p.read_bytes() for p in (tmp_path / "parts").rglob("*") if p.is_file()}
-    assert main([*args("parts"), "--resume", "--epochs", "4"]) == 1
-    assert "nothing was overwritten:\n  epochs: checkpoint has 3, this run has 4" in capsys.readouterr().err
+    assert main([*args("parts"), "--resume", "--hidden-size", "5"]) == 1
+    assert "nothing was overwritten:\n  hidden_size: checkpoint has 4, this run has 5" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (tmp_path / "parts").rglob("*") if p.is_file()} == before
     assert main([*args("parts"), "--resume"]) == 0
     whole, parts = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "parts"))
     assert [h["train_loss"] for h in parts["history"]] == [h["train_loss"] for h in whole["history"]]
     assert parts["test_accuracy"] == whole["test_accuracy"] and parts["test_loss"] == whole["test_loss"]
+
+
+def test_a_finished_run_resumed_with_more_epochs_trains_on(news_folder, tmp_path, capsys):
+    def args(out, epochs, *extra):
+        return ["train", "classify", "--data", str(news_folder), "--out", str(tmp_path / out), "--max-length", "8",
+                *SMALL, "--epochs", str(epochs), *extra]
+
+    assert main(args("four", 4)) == 0
+    assert main(args("more", 2)) == 0
+    assert main([*args("more", 4), "--resume"]) == 0  # two more epochs, to a four-epoch run's result
+    four, more = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("four", "more"))
+    assert [h["train_loss"] for h in more["history"]] == [h["train_loss"] for h in four["history"]]
+    assert more["test_loss"] == four["test_loss"]
+    assert json.loads((tmp_path / "more" / "config.json").read_text())["epochs"] == 4
+    assert main([*args("more", 3), "--resume"]) == 1  # fewer than it has trained
+    assert "has trained 4 epochs, more than epochs=3; pass epochs=4 or more" in capsys.readouterr().err
+    assert main(args("decayed", 1, "--cosine-decay")) == 0  # the learning rate depends on the epochs
+    assert main([*args("decayed", 2, "--cosine-decay"), "--resume"]) == 1
+    assert "nothing was overwritten:\n  epochs: checkpoint has 1, this run has 2" in capsys.readouterr().err
 
 
 def test_tagging_on_conllu(tmp_path, capsys):

@@ -19,8 +19,10 @@ source it was read from, which is not compared); a resumed run and `evaluate` co
 the one recorded, so data moved to another path is still the same data.
 
 A resumed run must have the checkpoint's configuration (`model_config`): every option but
-where the run is written, how it is shown, and the paths of its data (checked by content).
-An option the checkpoint predates counts at its default.
+where the run is written, how it is shown, the paths of its data (checked by content) and,
+unless the learning rate decays over them (`--cosine-decay`), the number of epochs: a run
+resumed with more `--epochs` trains on to the result a run of that many epochs has. An option
+the checkpoint predates counts at its default.
 """
 
 import dataclasses
@@ -71,10 +73,13 @@ def same_data(a: dict | None, b: dict | None) -> bool:
 
 
 def model_config(config) -> dict:
-    """The options that define the model and the data, which a resumed run must keep: all but
-    `--out`, `--resume`, `--overwrite`, `--progress`, the processes' options and the data paths
-    (`config.data_options`; the data is checked by its fingerprint)."""
+    """The options that define the model, the data and the training, which a resumed run must
+    keep: all but `--out`, `--resume`, `--overwrite`, `--progress`, the processes' options, the
+    data paths (`config.data_options`; the data is checked by its fingerprint) and `--epochs`
+    when the learning rate does not depend on it (no `--cosine-decay`)."""
     skip = {"out", "resume", "overwrite", "progress", *hosts.NAMES, *config.data_options}
+    if not config.cosine_decay:
+        skip.add("epochs")
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
 
@@ -84,7 +89,7 @@ def config_differences(config, recorded: dict, recorded_as: str = "checkpoint ha
     `model_config` saved earlier), as `"name: checkpoint has X, this run has Y"`. An option
     absent from `recorded` (one that flaxseq added since) counts at its default; one that
     `recorded` has and `config` no longer records is not compared."""
-    current, defaults = model_config(config), model_config(type(config)())
+    current, defaults = model_config(config), {field.name: field.default for field in dataclasses.fields(config)}
     return [f"{k}: {recorded_as} {recorded.get(k, defaults[k])!r}, {now_as} {current[k]!r}"
             for k in sorted(current) if recorded.get(k, defaults[k]) != current[k]]
 
