@@ -63,9 +63,12 @@ _RULES: list[Rule] = []
 
 
 def register(rule: Rule) -> Rule:
-    """Add (or replace) the rule for `rule.torch_type` and `rule.flax_type`."""
-    _RULES[:] = [r for r in _RULES if r.torch_type is not rule.torch_type and r.flax_type is not rule.flax_type]
-    _RULES.append(rule)
+    """Add the rule for the pair `rule.torch_type`, `rule.flax_type` (replacing one for the
+    same pair). `from_torch` then converts `torch_type` by it; `to_torch` keeps building from
+    `flax_type` by the first rule registered for it (`parity.rules.find`), so a rule pointing a
+    subclass of `torch.nn.LSTM` at `flaxseq.LSTM` changes neither the conversion of
+    `torch.nn.LSTM` nor what `to_torch(flaxseq.LSTM(...))` builds."""
+    rules.replace_or_add(_RULES, rule, lambda r: (r.torch_type, r.flax_type))
     return rule
 
 
@@ -115,8 +118,11 @@ def copy_rule(
 
 
 def find_rule(module) -> Rule:
-    """The rule whose torch or flax class is `type(module)` (or its nearest base class)."""
-    return rules.find(_RULES, module, lambda r: (r.torch_type, r.flax_type), "parity.register")
+    """The rule for `type(module)` (or its nearest base class), a PyTorch module or a twin
+    (`parity.rules.find`)."""
+    is_torch = isinstance(module, torch.nn.Module)
+    return rules.find(_RULES, module, (lambda r: r.torch_type) if is_torch else (lambda r: r.flax_type),
+                      "parity.register", latest=is_torch)
 
 
 def _rule_ties(module) -> dict[str, str]:

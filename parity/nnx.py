@@ -41,9 +41,9 @@ _RULES: list[NNXRule] = []
 
 
 def register_nnx(rule: NNXRule) -> NNXRule:
-    """Add (or replace) the NNX rule for `rule.torch_type` and `rule.nnx_type`."""
-    _RULES[:] = [r for r in _RULES if r.torch_type is not rule.torch_type and r.nnx_type is not rule.nnx_type]
-    _RULES.append(rule)
+    """Add the NNX rule for the pair `rule.torch_type`, `rule.nnx_type` (replacing one for the
+    same pair); other rules are kept, as `parity.register` says."""
+    rules.replace_or_add(_RULES, rule, lambda r: (r.torch_type, r.nnx_type))
     return rule
 
 
@@ -82,8 +82,11 @@ def _argument(module: nnx.Module, name: str, get: Callable):
 
 
 def find_nnx_rule(module) -> NNXRule:
-    """The rule whose torch or NNX class is `type(module)` (or its nearest base class)."""
-    return rules.find(_RULES, module, lambda r: (r.torch_type, r.nnx_type), "parity.nnx.register_nnx")
+    """The rule for `type(module)` (or its nearest base class), a PyTorch module or an NNX twin
+    (`parity.rules.find`)."""
+    is_torch = isinstance(module, torch.nn.Module)
+    return rules.find(_RULES, module, (lambda r: r.torch_type) if is_torch else (lambda r: r.nnx_type),
+                      "parity.nnx.register_nnx", latest=is_torch)
 
 
 def _torch_param_dtype(module: torch.nn.Module) -> np.dtype:

@@ -24,16 +24,31 @@ def torch_name(flax_path: tuple[str, ...], ndim: int | None = None) -> tuple[str
     return name, transposed
 
 
-def find(rules: list, module, types, register_name: str):
-    """The first rule in `rules` one of whose classes (`types(rule)`) is `type(module)` or its
-    nearest base class; `TypeError` naming the known ones and `register_name` otherwise.
+def replace_or_add(rules: list, rule, pair) -> None:
+    """Put `rule` in `rules` in place of the rule for the same pair of classes (`pair(rule)`),
+    or last; no other rule changes (see `find`)."""
+    for index, known in enumerate(rules):
+        if pair(known) == pair(rule):
+            rules[index] = rule
+            return
+    rules.append(rule)
+
+
+def find(rules: list, module, side, register_name: str, *, latest: bool):
+    """The rule in `rules` whose class on `module`'s side (`side(rule)`) is `type(module)` or its
+    nearest base class; `TypeError` naming the known ones and `register_name` otherwise. Of
+    several rules for that class, the one registered last with `latest` (a PyTorch module: a
+    rule registered for a torch class takes over its conversion), the first without (a twin:
+    a rule added for another torch class, a subclass say, does not change what `to_torch`
+    builds from flaxseq's own classes).
 
     A subclass that defines its own call (`forward`, `__call__`) computes something its base's
     rule does not know: it is refused (`TypeError`), not converted as its base."""
     mro = type(module).__mro__
+    ordered = list(reversed(rules)) if latest else rules
     for depth, cls in enumerate(mro):
-        for rule in rules:
-            if cls in types(rule):
+        for rule in ordered:
+            if side(rule) is cls:
                 _check_same_call(mro[:depth], cls, register_name)
                 return rule
     known = ", ".join(sorted(r.torch_type.__name__ for r in rules))

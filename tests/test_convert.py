@@ -166,6 +166,43 @@ def test_user_rule_registration():
         parity.convert._RULES.remove(rule)
 
 
+def test_a_rule_for_a_subclass_leaves_the_other_conversions_as_they_were():
+    """A rule pointing a subclass of `nn.LSTM` at `flaxseq.LSTM` converts the subclass; plain
+    `nn.LSTM` still converts, and `to_torch` still builds `nn.LSTM` (the rule used to delete
+    the built-in one, and `to_torch` then built the user's subclass), in linen and NNX."""
+    class LoggedLSTM(torch.nn.LSTM):
+        def forward(self, x, hx=None):
+            return super().forward(x, hx)
+
+    fields = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+              "proj_size")
+    linen = parity.copy_rule(LoggedLSTM, flaxseq.LSTM, fields, lambda m: (jnp.zeros((1, 1, m.input_size)),))
+    nnx_rule = parity.nnx.nnx_copy_rule(LoggedLSTM, flaxseq.nnx.LSTM, fields)
+    try:
+        for api, twin_type in (("linen", flaxseq.LSTM), ("nnx", flaxseq.nnx.LSTM)):
+            for torch_type in (LoggedLSTM, torch.nn.LSTM):
+                converted = parity.from_torch(torch_type(3, 4), api=api)
+                assert isinstance(converted[0] if api == "linen" else converted, twin_type)
+        twin, variables = parity.from_torch(LoggedLSTM(3, 4))
+        assert type(parity.to_torch(twin, variables)) is torch.nn.LSTM
+        assert type(parity.to_torch(parity.from_torch(LoggedLSTM(3, 4), api="nnx"))) is torch.nn.LSTM
+    finally:
+        parity.convert._RULES.remove(linen)
+        parity.nnx._RULES.remove(nnx_rule)
+
+
+def test_a_rule_registered_for_a_torch_class_takes_over_its_conversion():
+    rule = parity.copy_rule(torch.nn.GRU, FlaxHead, {"size": "hidden_size"},
+                            lambda m: (jnp.zeros((1, 1, m.size), m.param_dtype),))
+    try:
+        assert parity.convert.find_rule(torch.nn.GRU(3, 3)).flax_type is FlaxHead
+        assert parity.convert.find_rule(flaxseq.GRU(3, 3)).torch_type is torch.nn.GRU  # the built-in rule, kept
+        assert parity.convert.find_rule(flaxseq.GRU(3, 3)) is not rule
+    finally:
+        parity.convert._RULES.remove(rule)
+    assert parity.convert.find_rule(torch.nn.GRU(3, 3)).flax_type is flaxseq.GRU
+
+
 def test_compare_names_outputs_that_do_not_pair_up():
     """`torch_call` returning fewer outputs, or one of another shape, is named before either
     side's loss is formed (it was zip's or torch's broadcasting error)."""
