@@ -119,6 +119,22 @@ def _is_float(leaf) -> bool:
     return np.issubdtype(np.asarray(leaf).dtype, np.floating)
 
 
+@contextlib.contextmanager
+def _kept(module: torch.nn.Module):
+    """Within: `module` free to change mode and gradients; after, even on an exception, each
+    submodule's `training` flag and each parameter's `.grad` (None, or the user's own tensor with
+    its values) are what they were."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    grads = [(p, p.grad) for p in module.parameters()]
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.training = training
+        for p, grad in grads:
+            p.grad = grad
+
+
 def compare(
     torch_module: torch.nn.Module,
     flax_module: nn.Module,
@@ -151,11 +167,15 @@ def compare(
     `flax_module` may be a `flaxseq.nnx` module, with `variables` None (it holds its weights).
 
     Both run in evaluation mode by default (PyTorch `eval()`, flaxseq `deterministic=True`);
-    flaxseq under `jax.jit`. In training mode PyTorch's module is left in `train()`; a linen
+    flaxseq under `jax.jit`. In training mode PyTorch's module runs in `train()`; a linen
     module whose `__call__` takes `deterministic` gets `deterministic=False` (unless `kwargs`
     sets it, which then reaches PyTorch's call too: use `torch_call` to drop it) and the
     `'dropout'` rng; an NNX module runs as a copy in `train()`. Dropout sites seen by one side
     only raise `ValueError` naming them.
+
+    Both modules are left as they were found, after an exception too: PyTorch's submodules in
+    their own modes, each parameter's `.grad` what it was (None, or the user's tensor with its
+    values); an NNX module is not run itself (a copy is).
     """
     kwargs = dict(kwargs or {})
     nnx_module = isinstance(flax_module, nnx.Module)
@@ -203,21 +223,27 @@ def compare(
     (_, (flax_out, masks)), (param_grads, input_grads) = grad_fn(variables["params"], float_inputs)
 
     # PyTorch
-    torch_module.train(train)
-    torch_module.zero_grad(set_to_none=True)
     torch_inputs = [torch.from_numpy(np.array(leaves[i])).requires_grad_(True) for i in float_index]
     torch_args = rebuild(torch_inputs, lambda leaf: torch.from_numpy(np.array(leaf)))
     torch_kwargs = {k: (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
-    masked = (
-        dropout.torch_side(torch_module, base, side.layer_keys(base, side.state), side.log, masks) if train
-        else contextlib.nullcontext()
-    )
-    with masked as torch_log:
-        torch_out = jax.tree.leaves(torch_call(torch_module, *torch_args, **torch_kwargs))
     names = output_names or tuple(f"out[{i}]" for i in range(len(flax_out)))
-    _check_outputs_match(names, flax_out, torch_out)
-    torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in zip(weights, torch_out, strict=True) if w is not None)
-    torch_loss.backward()
+    with _kept(torch_module):  # the user's module: its modes and gradients as they were, after
+        torch_module.train(train)
+        torch_module.zero_grad(set_to_none=True)
+        masked = (
+            dropout.torch_side(torch_module, base, side.layer_keys(base, side.state), side.log, masks) if train
+            else contextlib.nullcontext()
+        )
+        with masked as torch_log:
+            torch_out = jax.tree.leaves(torch_call(torch_module, *torch_args, **torch_kwargs))
+        _check_outputs_match(names, flax_out, torch_out)
+        pairs = zip(weights, torch_out, strict=True)
+        torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in pairs if w is not None)
+        torch_loss.backward()
+        torch_grads = {
+            name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
+            for name, p in torch_module.named_parameters(remove_duplicate=False)  # a tied one under each name
+        }
 
     report = Report(dtype=np.dtype(jax.tree.leaves(variables["params"])[0].dtype), train=train)
     if train:
@@ -228,10 +254,6 @@ def compare(
         if _is_float(a):
             report.output_dtypes.append(np.dtype(a.dtype))
 
-    torch_grads = {
-        name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
-        for name, p in torch_module.named_parameters(remove_duplicate=False)  # a tied one under each name
-    }
     if nnx_module:
         flax_grads = parity_nnx.state_dict_of(param_grads)
     else:
