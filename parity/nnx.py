@@ -145,7 +145,10 @@ def from_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *, ties: 
     Strict as the linen version: every missing, unexpected, misshaped and non-floating key
     (`problems_of(expected, state_dict)` lists them, shapes in PyTorch's layout) is raised at
     once in a `ValueError`; nothing is written unless everything fits. The aliases of the
-    module's shared parameters and of `ties` are checked equal to their parameters.
+    module's shared parameters and of `ties` are checked equal to their parameters. Each
+    parameter takes the state_dict's array with its dtype, as in linen (the module's
+    `param_dtype` is what it initialises with): nothing is cast, so a float64 state_dict gives
+    a float64 twin whatever it was built with, and a float32 one a float32 twin.
     """
     params = _flat_params(module)
     expected = {
@@ -159,7 +162,7 @@ def from_state_dict(module: nnx.Module, state_dict: Mapping[str, Any], *, ties: 
         raise ValueError(f"state_dict does not match {type(module).__name__}:\n  " + "\n  ".join(problems))
     for key, value in values.items():
         variable, transposed = params[key]
-        variable[...] = jnp.asarray(value.T if transposed else value)
+        variable.set_value(jnp.asarray(value.T if transposed else value))  # its dtype, as linen keeps it
     return module
 
 

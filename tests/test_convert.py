@@ -3,6 +3,7 @@
 import re
 
 import flax.linen
+import flax.nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,6 +93,18 @@ def test_from_state_dict_keeps_dtype_and_refuses_float64_without_x64():
     assert all(v.dtype == jnp.float64 for v in jax.tree.leaves(variables))
     with jax.enable_x64(False), pytest.raises(ValueError, match=re.escape("weight_ih_l0: float64 needs JAX's x64")):
         parity.from_state_dict(module, state_dict)
+
+
+def test_nnx_from_state_dict_keeps_the_dtype_as_linen_does():
+    """Nothing is cast: a float64 state_dict into a float32-built NNX twin was cast down to
+    float32 (values lost, with only a JAX FutureWarning), where linen keeps float64."""
+    torch.manual_seed(0)
+    for torch_dtype, twin_dtype in ((torch.float64, jnp.float32), (torch.float32, jnp.float64)):
+        state_dict = {k: v.numpy() for k, v in torch.nn.LSTM(4, 5, dtype=torch_dtype).state_dict().items()}
+        twin = parity.from_state_dict(flaxseq.nnx.LSTM(4, 5, rngs=flax.nnx.Rngs(0), param_dtype=twin_dtype),
+                                      state_dict)
+        for key, value in state_dict.items():
+            np.testing.assert_array_equal(np.asarray(getattr(twin, key)[...]), value, strict=True)
 
 
 def test_unknown_module_type():
