@@ -285,14 +285,49 @@ def from_torch(torch_module: torch.nn.Module, api: str = "linen"):
     weights, in the torch module's mode (training or evaluation). Parameters sharing storage in
     the torch module (`decoder.weight = encoder.weight`) become the twin's one parameter.
     """
+    if api not in ("linen", "nnx"):
+        raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
+    check_no_hooks(torch_module)
     if api == "nnx":
         return parity_nnx.from_torch(torch_module, from_state_dict)
-    if api != "linen":
-        raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
     flax_module = find_rule(torch_module).to_flax(torch_module)
     names = [torch_name(path, len(spec.shape))[0] for path, spec in expected_params(flax_module).items()]
     ties = tying.torch_ties(torch_module, names)
     return flax_module, from_state_dict(flax_module, torch_module.state_dict(), ties=ties)
+
+
+_HOOKS = (("forward hook", "_forward_hooks"), ("forward pre-hook", "_forward_pre_hooks"),
+          ("backward hook", "_backward_hooks"), ("backward pre-hook", "_backward_pre_hooks"))
+
+
+def check_no_hooks(torch_module: torch.nn.Module) -> None:
+    """Refuse a module that computes more than its class says, which no twin reproduces: a
+    submodule with a hook (forward, forward pre-, backward, backward pre-) or a parametrized
+    weight (`torch.nn.utils.parametrize`, `weight_norm`), or a global module hook. `TypeError`
+    naming the submodule, the hook and how to remove it."""
+    from torch.nn.modules import module as torch_modules
+    from torch.nn.utils import parametrize
+
+    for what, attribute in _HOOKS:
+        if getattr(torch_modules, f"_global{attribute}", None):
+            raise TypeError(f"a global module {what} is registered (torch.nn.modules.module.register_module_"
+                            f"{attribute[1:-1]}): it runs in every PyTorch module and in no twin; remove it "
+                            "(the handle's .remove()) before converting")
+    for name, submodule in torch_module.named_modules():
+        label = f"submodule {name} ({type(submodule).__name__})" if name else type(submodule).__name__
+        if parametrize.is_parametrized(submodule):
+            names = ", ".join(submodule.parametrizations)
+            raise TypeError(f"{label}: {names} parametrized (torch.nn.utils.parametrize), which a twin does not "
+                            "compute; make the weights plain first: torch.nn.utils.parametrize."
+                            f"remove_parametrizations(module, {next(iter(submodule.parametrizations))!r})")
+        for what, attribute in _HOOKS:
+            hooks = getattr(submodule, attribute, None) or {}
+            for hook in hooks.values():
+                hint = ("torch.nn.utils.remove_weight_norm(module) makes the weight plain"
+                        if type(hook).__name__ == "WeightNorm" else "remove it (the handle's .remove())")
+                raise TypeError(f"{label} has a {what} ({getattr(hook, '__name__', type(hook).__name__)}), "
+                                f"which may change what it computes and which its twin does not run; {hint} "
+                                "before converting, or write a twin that does what it does")
 
 
 def to_torch(flax_module, variables: Mapping | None = None, *, ties: Mapping[str, str] | None = None

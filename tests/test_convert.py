@@ -107,6 +107,32 @@ def test_nnx_from_state_dict_keeps_the_dtype_as_linen_does():
             np.testing.assert_array_equal(np.asarray(getattr(twin, key)[...]), value, strict=True)
 
 
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_hooks_and_parametrizations_are_refused_naming_the_submodule(api):
+    """A hook changes what a module computes and no twin runs it: it converted silently, and the
+    twin's output differed from the module's."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh())
+    handle = model[0].register_forward_hook(lambda module, inputs, output: 2 * output)
+    with pytest.raises(TypeError, match=r"submodule 0 \(Linear\) has a forward hook \(<lambda>\), which may change "
+                                        r"what it computes and which its twin does not run; remove it"):
+        parity.from_torch(model, api=api)
+    handle.remove()
+    parity.from_torch(model, api=api)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda module, inputs: inputs)
+    try:
+        with pytest.raises(TypeError, match="a global module forward pre-hook is registered"):
+            parity.from_torch(model, api=api)
+    finally:
+        handle.remove()
+    lstm = torch.nn.LSTM(3, 4)
+    lstm.register_full_backward_hook(lambda module, grad_input, grad_output: grad_input)
+    with pytest.raises(TypeError, match=r"LSTM has a backward hook"):
+        parity.from_torch(lstm, api=api)
+    normed = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(3, 3))
+    with pytest.raises(TypeError, match=r"weight parametrized .*remove_parametrizations\(module, 'weight'\)"):
+        parity.from_torch(normed, api=api)
+
+
 def test_unknown_module_type():
     with pytest.raises(TypeError, match="no conversion rule for torch.nn.modules.conv.Conv1d; register one"):
         parity.from_torch(torch.nn.Conv1d(2, 3, 1))
