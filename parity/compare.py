@@ -3,7 +3,9 @@
 The loss whose gradients are compared is `sum_i sum(w_i * out_i)` over every floating output
 (final states included), with fixed random weights `w_i`. Gradients are taken with respect to
 every parameter, every floating input and every initial state: PyTorch's `.grad` (None counts
-as zero) against `jax.grad`, mapped to PyTorch's names through the converter.
+as zero) against `jax.grad`, mapped to PyTorch's names through the converter. A parameter frozen
+in PyTorch (`requires_grad=False`) has no gradient there, so its gradient is not compared (its
+value still is, through the outputs); the report's `frozen` lists them and its notes say so.
 
 `compare(..., train=True)` runs both sides in training mode with the same dropout masks
 (`parity.dropout`): every dropout module applies a mask drawn from `seed`, and PyTorch's
@@ -78,6 +80,7 @@ class Report:
     train: bool = False  # run in training mode, with the same dropout masks on both sides
     dropout_sites: list[str] = field(default_factory=list)  # training: the sites and their calls
     problems: list[str] = field(default_factory=list)  # training: dropout calls that disagree
+    frozen: list[str] = field(default_factory=list)  # PyTorch's requires_grad=False parameters: gradients not compared
 
     @property
     def mode(self) -> str:
@@ -107,8 +110,11 @@ class Report:
         return bad + self.problems
 
     def notes(self) -> list[str]:
-        """Remarks on a passing comparison that the report should show (none by default)."""
-        return []
+        """Remarks on a passing comparison that the report should show: the parameters whose
+        gradients were not compared, being frozen in PyTorch."""
+        if not self.frozen:
+            return []
+        return [f"gradients not compared: parameters frozen in PyTorch (requires_grad=False): {', '.join(self.frozen)}"]
 
     @property
     def passed(self) -> bool:
@@ -239,13 +245,15 @@ def compare(
         _check_outputs_match(names, flax_out, torch_out)
         pairs = zip(weights, torch_out, strict=True)
         torch_loss = sum((torch.from_numpy(w) * o).sum() for w, o in pairs if w is not None)
-        torch_loss.backward()
+        if torch_loss.requires_grad:  # not when every parameter is frozen and no input is floating
+            torch_loss.backward()
+        named = list(torch_module.named_parameters(remove_duplicate=False))  # a tied one under each name
         torch_grads = {
-            name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
-            for name, p in torch_module.named_parameters(remove_duplicate=False)  # a tied one under each name
+            name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy() for name, p in named
         }
+        frozen = [name for name, p in named if not p.requires_grad]
 
-    report = Report(dtype=np.dtype(jax.tree.leaves(variables["params"])[0].dtype), train=train)
+    report = Report(dtype=np.dtype(jax.tree.leaves(variables["params"])[0].dtype), train=train, frozen=frozen)
     if train:
         report.problems = dropout.check_sites(side.log, torch_log, torch_module)
         report.dropout_sites = side.log.summary()
@@ -265,7 +273,8 @@ def compare(
             f"only in PyTorch {sorted(set(torch_grads) - set(flax_grads))}"
         )
     for name in torch_grads:
-        report.gradients.append(tensor_diff(f"d{name}", flax_grads[name], torch_grads[name]))
+        if name not in frozen:  # JAX differentiates every parameter; PyTorch not a frozen one
+            report.gradients.append(tensor_diff(f"d{name}", flax_grads[name], torch_grads[name]))
     in_names = input_names or tuple(f"input[{i}]" for i in range(len(float_index)))
     for name, a, b in zip(in_names, input_grads, torch_inputs, strict=True):
         grad = b.grad.numpy() if b.grad is not None else np.zeros(b.shape, np.asarray(a).dtype)

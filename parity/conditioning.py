@@ -47,9 +47,9 @@ class ConditionedReport(Report):
         return [problem for problem in super().failures() if problem.split(":")[0] not in excused]
 
     def notes(self) -> list[str]:
-        """The gradients that pass only by the float64 rule, with both frameworks' errors."""
+        """`Report`'s notes, and the gradients that pass only by the float64 rule, with both frameworks' errors."""
         excused = set(self.as_accurate_as_torch())
-        return [
+        return super().notes() + [
             f"{problem}; against PyTorch's float64: flaxseq {self.float64_errors[name][1]:.1e}, "
             f"PyTorch float32 {self.float64_errors[name][0]:.1e} (ill-conditioned, see parity/conditioning.py)"
             for problem in Report.failures(self)

@@ -86,3 +86,44 @@ def test_compare_restores_the_torch_module_when_it_raises():
         run(torch_model, flax_model, variables, False, torch_call=lambda m, ids: (m(ids), m(ids)))
     assert_unchanged(torch_model, before)
 
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_parameter_frozen_in_torch_is_not_compared_and_the_report_says_so(train):
+    torch_model, flax_model, variables = twins("linen")
+    torch_model.embedding.weight.requires_grad_(False)  # a pretrained embedding, say
+    report = run(torch_model, flax_model, variables, train)
+    assert report.passed, report.failures()
+    names = {d.name for d in report.gradients}
+    assert "dembedding.weight" not in names
+    assert {"dfc.weight", "dlstm.weight_ih_l0", "dlstm.bias_hh_l1"} <= names  # the others still are
+    assert report.frozen == ["embedding.weight"]
+    assert report.notes() == [
+        "gradients not compared: parameters frozen in PyTorch (requires_grad=False): embedding.weight"
+    ]
+    assert torch_model.embedding.weight.grad is None and not torch_model.embedding.weight.requires_grad
+
+    # its value still counts, through the outputs
+    params = dict(variables["params"])
+    params["embedding"] = {"embedding": params["embedding"]["embedding"] + 0.1}
+    wrong = run(torch_model, flax_model, {**variables, "params": params}, train)
+    assert any(f.startswith("out[0]") for f in wrong.failures()), wrong.failures()
+
+
+def test_a_torch_module_frozen_throughout_compares_its_outputs():
+    torch_model, flax_model, variables = twins("linen")
+    torch_model.requires_grad_(False)  # and the only input is integer: nothing to differentiate in PyTorch
+    report = run(torch_model, flax_model, variables, False)
+    assert report.passed, report.failures()
+    assert report.gradients == [] and report.worst_gradient is None
+    assert len(report.frozen) == len(list(torch_model.parameters()))
+
+
+
+def test_the_float64_rule_report_keeps_the_frozen_note():
+    from parity.conditioning import ConditionedReport
+
+    report = ConditionedReport(dtype=np.dtype("float32"), frozen=["embedding.weight"])
+    assert report.notes() == [
+        "gradients not compared: parameters frozen in PyTorch (requires_grad=False): embedding.weight"
+    ]
