@@ -206,6 +206,7 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
     if unexpected:
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
     problems += _list_names_hint(missing, unexpected)
+    problems += _unexpected_hints(expected, state_dict, missing, unexpected)
     for key in sorted(set(expected) & set(state_dict)):
         value = to_numpy(state_dict[key])
         if not jnp.issubdtype(value.dtype, jnp.floating):
@@ -220,6 +221,37 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
         else:
             values[key] = value
     return values, problems
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DistributedDataParallel, torch.compile
+_BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _unexpected_hints(expected: Mapping, state_dict: Mapping, missing: list[str], unexpected: list[str]) -> list[str]:
+    """Hints for unexpected keys: a wrapper's prefix on every key, a tie (an unexpected key
+    holding the same array as an expected one), a buffer (not converted)."""
+    hints = []
+    for prefix in _WRAPPER_PREFIXES:
+        if unexpected and all(key.startswith(prefix) for key in unexpected) and any(
+                key[len(prefix):] in expected for key in unexpected):
+            hints.append(f"hint: every unexpected key starts with {prefix!r}, the prefix of a wrapper "
+                         "(nn.DataParallel, DistributedDataParallel: 'module.'; torch.compile: '_orig_mod.'); "
+                         f"convert the wrapped module, or strip the prefix: {{k.removeprefix({prefix!r}): v ...}}")
+    expected_present = [key for key in expected if key in state_dict]
+    for key in unexpected:
+        value = to_numpy(state_dict[key])
+        if value.size < 2 or np.all(value == value.flat[0]):  # a constant (zeros, ones) says nothing of a tie
+            continue
+        twin = next((other for other in expected_present if np.shape(state_dict[other]) == value.shape
+                     and np.array_equal(to_numpy(state_dict[other]), value)), None)
+        if twin is not None:
+            hints.append(f"hint: {key} holds the same array as {twin}; if the two are tied, pass "
+                         f"ties={{{key!r}: {twin!r}}}")
+    buffers = [key for key in unexpected if key.rsplit(".", 1)[-1] in _BUFFER_NAMES]
+    if buffers:
+        hints.append(f"hint: {', '.join(buffers)} are buffers (batch norm's statistics), which are not "
+                     "converted: a twin holds parameters only")
+    return hints
 
 
 def _list_names_hint(missing: list[str], unexpected: list[str]) -> list[str]:
@@ -287,6 +319,7 @@ def from_torch(torch_module: torch.nn.Module, api: str = "linen"):
     """
     if api not in ("linen", "nnx"):
         raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}")
+    check_not_wrapped(torch_module)
     check_no_hooks(torch_module)
     if api == "nnx":
         return parity_nnx.from_torch(torch_module, from_state_dict)
@@ -298,6 +331,19 @@ def from_torch(torch_module: torch.nn.Module, api: str = "linen"):
 
 _HOOKS = (("forward hook", "_forward_hooks"), ("forward pre-hook", "_forward_pre_hooks"),
           ("backward hook", "_backward_hooks"), ("backward pre-hook", "_backward_pre_hooks"))
+
+
+def check_not_wrapped(torch_module: torch.nn.Module) -> None:
+    """Refuse a wrapper (`nn.DataParallel`, `DistributedDataParallel`, `torch.compile`'s
+    module), naming the wrapped model to convert instead."""
+    wrapped = next((name for name in ("_orig_mod", "module") if isinstance(getattr(torch_module, name, None),
+                    torch.nn.Module) and type(torch_module).__name__ in _WRAPPERS), None)
+    if wrapped is not None:
+        raise TypeError(f"{type(torch_module).__name__} wraps the model ({wrapped}); convert the model itself: "
+                        f"parity.from_torch(model.{wrapped})")
+
+
+_WRAPPERS = ("DataParallel", "DistributedDataParallel", "OptimizedModule")
 
 
 def check_no_hooks(torch_module: torch.nn.Module) -> None:

@@ -133,6 +133,30 @@ def test_hooks_and_parametrizations_are_refused_naming_the_submodule(api):
         parity.from_torch(normed, api=api)
 
 
+def test_unexpected_keys_get_hints_for_a_wrapper_prefix_a_tie_and_buffers():
+    lstm = torch.nn.LSTM(3, 4)
+    prefixed = {"module." + key: value for key, value in lstm.state_dict().items()}
+    with pytest.raises(ValueError, match=r"hint: every unexpected key starts with 'module\.', the prefix of a "
+                                         r"wrapper .*strip the prefix"):
+        parity.from_state_dict(flaxseq.LSTM(3, 4), prefixed)
+    extra = {**lstm.state_dict(), "copy.weight": lstm.weight_ih_l0.detach().clone(), "bn.running_mean": torch.zeros(3)}
+    with pytest.raises(ValueError) as refused:
+        parity.from_state_dict(flaxseq.LSTM(3, 4), extra)
+    assert str(refused.value).splitlines()[1:] == [
+        "  unexpected keys: bn.running_mean, copy.weight",
+        "  hint: copy.weight holds the same array as weight_ih_l0; if the two are tied, pass "
+        "ties={'copy.weight': 'weight_ih_l0'}",
+        "  hint: bn.running_mean are buffers (batch norm's statistics), which are not converted: a twin holds "
+        "parameters only",
+    ]
+
+
+def test_a_wrapper_is_refused_naming_the_model_to_convert():
+    with pytest.raises(TypeError, match=r"DataParallel wraps the model \(module\); convert the model itself: "
+                                        r"parity\.from_torch\(model\.module\)"):
+        parity.from_torch(torch.nn.DataParallel(torch.nn.LSTM(3, 4)))
+
+
 def test_unknown_module_type():
     with pytest.raises(TypeError, match="no conversion rule for torch.nn.modules.conv.Conv1d; register one"):
         parity.from_torch(torch.nn.Conv1d(2, 3, 1))
