@@ -126,7 +126,7 @@ def _is_float(leaf) -> bool:
 
 
 @contextlib.contextmanager
-def _kept(module: torch.nn.Module):
+def modes_and_gradients_kept(module: torch.nn.Module):
     """Within: `module` free to change mode and gradients; after, even on an exception, each
     submodule's `training` flag and each parameter's `.grad` (None, or the user's own tensor with
     its values) are what they were."""
@@ -233,7 +233,7 @@ def compare(
     torch_args = rebuild(torch_inputs, lambda leaf: torch.from_numpy(np.array(leaf)))
     torch_kwargs = {k: (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
     names = output_names or tuple(f"out[{i}]" for i in range(len(flax_out)))
-    with _kept(torch_module):  # the user's module: its modes and gradients as they were, after
+    with modes_and_gradients_kept(torch_module):  # the user's module: its modes and gradients as they were, after
         torch_module.train(train)
         torch_module.zero_grad(set_to_none=True)
         masked = (

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from parity.compare import Report, tensor_diff
+from parity.compare import Report, modes_and_gradients_kept, tensor_diff
 from parity.convert import to_state_dict
 
 ACCURACY_FACTOR = 10.0
@@ -76,13 +76,14 @@ def conditioned_report(
 
     # the loss weights `compare` draws: one standard normal array per floating output, in order
     rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        shapes = jax.tree.leaves(torch_module.eval()(*jax.tree.map(torch.from_numpy, args), **torch_kwargs))
-    weights = [
-        rng.standard_normal(o.shape).astype(np.float32) if o.dtype.is_floating_point else None for o in shapes
-    ]
-    truth = torch_gradients(torch64.eval(), np.float64)
-    torch32 = torch_gradients(torch_module.eval(), np.float32)
+    with modes_and_gradients_kept(torch_module):  # the user's module: its modes and gradients as they were, after
+        with torch.no_grad():
+            shapes = jax.tree.leaves(torch_module.eval()(*jax.tree.map(torch.from_numpy, args), **torch_kwargs))
+        weights = [
+            rng.standard_normal(o.shape).astype(np.float32) if o.dtype.is_floating_point else None for o in shapes
+        ]
+        truth = torch_gradients(torch64.eval(), np.float64)
+        torch32 = torch_gradients(torch_module.eval(), np.float32)
 
     def flax_loss(params):
         outputs = jax.tree.leaves(flax_module.apply({**variables, "params": params}, *args, **kwargs))

@@ -27,7 +27,7 @@ from flaxseq.optim import adam_with_clipping, clip_grad_norm_torch
 from flaxseq.tasks import classify
 from flaxseq.train import Trainer
 from parity import dropout
-from parity.compare import Report, tensor_diff
+from parity.compare import Report, modes_and_gradients_kept, tensor_diff
 from parity.convert import from_torch, to_state_dict, torch_dtype
 from torch_ref.train import train_text_classifier
 
@@ -186,29 +186,30 @@ def lockstep(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, state, loss, masks
 
-    torch_module.train(train)
     flax_losses, torch_losses, problems = [], [], []
-    for index, (args, targets) in enumerate(batches):
-        base = dropout.base_key(seed, index)
-        layer_keys = side.layer_keys(base, state) if train else None
-        jax_args = jax.tree.map(jnp.asarray, args)
-        params, opt_state, state, loss, masks = step(params, opt_state, state, base, jax_args, targets)
-        flax_losses.append(float(loss))
+    with modes_and_gradients_kept(torch_module):  # trained in place; its modes and gradients as they were, after
+        torch_module.train(train)
+        for index, (args, targets) in enumerate(batches):
+            base = dropout.base_key(seed, index)
+            layer_keys = side.layer_keys(base, state) if train else None
+            jax_args = jax.tree.map(jnp.asarray, args)
+            params, opt_state, state, loss, masks = step(params, opt_state, state, base, jax_args, targets)
+            flax_losses.append(float(loss))
 
-        opt.zero_grad()
-        masked = dropout.torch_side(torch_module, base, layer_keys, side.log, masks) if train else (
-            contextlib.nullcontext())
-        with masked as torch_log:
-            outputs = torch_call(torch_module, *_to_torch(tuple(args)), **_to_torch(kwargs))
-        loss = torch_loss(outputs, _to_torch(targets))
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(torch_module.parameters(), max_grad_norm)
-        opt.step()
-        torch_losses.append(loss.item())
-        if train:
-            found = dropout.check_sites(side.log, torch_log, torch_module)
-            problems += [f"step {index}: {p}" for p in found]
+            opt.zero_grad()
+            masked = dropout.torch_side(torch_module, base, layer_keys, side.log, masks) if train else (
+                contextlib.nullcontext())
+            with masked as torch_log:
+                outputs = torch_call(torch_module, *_to_torch(tuple(args)), **_to_torch(kwargs))
+            loss = torch_loss(outputs, _to_torch(targets))
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(torch_module.parameters(), max_grad_norm)
+            opt.step()
+            torch_losses.append(loss.item())
+            if train:
+                found = dropout.check_sites(side.log, torch_log, torch_module)
+                problems += [f"step {index}: {p}" for p in found]
 
     dtype = np.dtype(jax.tree.leaves(params)[0].dtype)
     report = Report(dtype=dtype, limits=(LOCKSTEP_TOLERANCES[dtype], None), train=train, problems=problems,

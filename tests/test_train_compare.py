@@ -324,10 +324,14 @@ def test_lockstep_with_dropout(api, optimizer):
     torch_module, flax_module, variables = twins(api)
     rng = np.random.default_rng(2)
     batches = [((rng.integers(0, VOCAB, (BATCH, TIME)),), rng.integers(0, VOCAB, (BATCH, TIME))) for _ in range(3)]
+    torch_module.eval()
     report = lockstep(
         torch_module, flax_module, variables, batches, torch_loss=_torch_lm_loss, flax_loss=_flax_lm_loss,
         lr=0.5 if optimizer == "sgd" else 0.01, optimizer=optimizer, max_grad_norm=0.25, seed=3,
     )
+    # trained in training mode, and left in the mode it was given, without the last step's gradients
+    assert not any(m.training for m in torch_module.modules())
+    assert all(p.grad is None for p in torch_module.parameters())
     assert report.passed, report.failures()
     assert report.train and report.dropout_sites == ["drop: 2 calls", "rnn: 1 call, between layers"]
     assert max(d.rel for d in report.outputs + report.gradients) <= 1e-10
