@@ -207,6 +207,7 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
     problems += _list_names_hint(missing, unexpected)
     problems += _unexpected_hints(expected, state_dict, missing, unexpected)
+    needs_x64 = []
     for key in sorted(set(expected) & set(state_dict)):
         value = to_numpy(state_dict[key])
         if not jnp.issubdtype(value.dtype, jnp.floating):
@@ -214,12 +215,16 @@ def check_state_dict(expected: Mapping[str, Any], state_dict: Mapping[str, Any])
         elif value.shape != tuple(expected[key]):
             problems.append(f"{key}: expected shape {tuple(expected[key])}, got {value.shape}")
         elif value.dtype == np.float64 and not jax.config.jax_enable_x64:
-            problems.append(
-                f"{key}: float64 needs JAX's x64 mode, which is off "
-                "(jax.config.update('jax_enable_x64', True)); JAX would give float32"
-            )
+            needs_x64.append(key)
         else:
             values[key] = value
+    if needs_x64:  # one line for them all
+        more = f" and {len(needs_x64) - 1} more keys" if len(needs_x64) > 1 else ""
+        problems.append(
+            f"{needs_x64[0]}{more}: float64 needs JAX's x64 mode, which is off "
+            "(jax.config.update('jax_enable_x64', True)); JAX would give float32. Or convert a float32 "
+            "model (model.float())"
+        )
     return values, problems
 
 
