@@ -36,11 +36,23 @@ def test_read_text_falls_back_to_latin1(tmp_path):
 
 
 def test_read_tsv_without_header(tmp_path):
-    path = write(tmp_path / "data.tsv", 'pos\tA "quoted" film\nneg\tdull,  slow\n\n   \nneg\tbad\textra\n')
+    path = write(tmp_path / "data.tsv", 'pos \tA "quoted" film\nneg\tdull,  slow\n\n   \nneg\tbad\n')
     assert read_table(path, text_column=1, label_column=0) == (
         ['A "quoted" film', "dull,  slow", "bad"],
-        ["pos", "neg", "neg"],
+        ["pos", "neg", "neg"],  # the label's spaces stripped
     )
+
+
+@pytest.mark.parametrize("rows, line, message", [
+    ("pos\tgood\nneg\tbad\textra\n", 2, "expected 2 columns, as the first row has, got 3: ['neg', 'bad', 'extra'] "
+                                          "(a tab inside a field?)"),
+    ("pos\tgood\n \tbad\n", 2, "expected a text and a label, got an empty label: [' ', 'bad']"),
+    ("pos\tgood\nneg\t \n", 2, "expected a text and a label, got an empty text: ['neg', ' ']"),
+])
+def test_a_malformed_row_is_refused_naming_its_line(tmp_path, rows, line, message):
+    path = write(tmp_path / "data.tsv", rows)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: {message}")):
+        read_table(path, text_column=1, label_column=0)
 
 
 def test_read_csv_with_header_and_named_columns(tmp_path):
@@ -248,3 +260,18 @@ def test_read_conllu_on_english_ewt(split):
             ["From", "the", "AP", "comes", "this", "story", ":"],
             ["ADP", "DET", "PROPN", "VERB", "DET", "NOUN", "PUNCT"],
         )
+
+
+def test_hidden_class_folders_and_files_are_skipped(tmp_path):
+    for name in ("sport", ".ipynb_checkpoints"):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name / "a.txt", f"{name} text")
+    write(tmp_path / "sport" / ".b.txt", "hidden")
+    assert read_folder(tmp_path) == (["sport text"], ["sport"])
+
+
+def test_an_empty_upos_is_refused(tmp_path):
+    path = write(tmp_path / "x.conllu", "1\tThe\tthe\t\t_\t_\t0\t_\t_\t_\n\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}:1: expected a word (FORM) and a tag (UPOS), got an "
+                                                   "empty UPOS")):
+        read_conllu(path)

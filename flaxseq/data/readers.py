@@ -36,6 +36,8 @@ def read_table(
     header: bool = False,
 ) -> tuple[list[str], list[str]]:
     """Texts and labels from a TSV or CSV file, one example per row; blank lines are skipped.
+    Every row has the first row's number of columns, a non-empty text and a non-empty label
+    (surrounding spaces stripped); a row that has not raises ValueError naming `file:line`.
 
     Args:
         path: the file.
@@ -56,14 +58,23 @@ def read_table(
     text_index = _column_index(path, "text_column", text_column, columns)
     label_index = _column_index(path, "label_column", label_column, columns)
     needed = max(text_index, label_index) + 1
+    width = len(columns) if columns is not None else None
     texts, labels = [], []
     for row in rows:
         if not any(field.strip() for field in row):
             continue
         if len(row) < needed:
             raise ValueError(f"{path}:{rows.line_num}: expected at least {needed} columns, got {len(row)}: {row!r}")
-        texts.append(row[text_index])
-        labels.append(row[label_index])
+        width = len(row) if width is None else width
+        if len(row) != width:
+            raise ValueError(f"{path}:{rows.line_num}: expected {width} columns, as the first row has, got "
+                             f"{len(row)}: {row!r} (a {'tab' if delimiter == chr(9) else 'comma'} inside a field?)")
+        text, label = row[text_index], row[label_index].strip()
+        if not text.strip() or not label:
+            raise ValueError(f"{path}:{rows.line_num}: expected a text and a label, got an empty "
+                             f"{'label' if text.strip() else 'text'}: {row!r}")
+        texts.append(text)
+        labels.append(label)
     if not texts:
         raise ValueError(f"{path}: no examples found")
     return texts, labels
@@ -73,7 +84,8 @@ def read_folder(path, suffix: str = ".txt") -> tuple[list[str], list[str]]:
     """Texts and labels from a folder of class folders: `path/<class>/<file>.txt`.
 
     Classes and files are read in sorted order; the label of a text is its folder's name.
-    Files directly under `path`, and files not ending in `suffix`, are ignored.
+    Files directly under `path`, files not ending in `suffix`, and hidden folders and files
+    (`.ipynb_checkpoints`, names starting with `.`) are ignored.
 
     Returns:
         texts, labels: two lists of str of the same length.
@@ -81,12 +93,13 @@ def read_folder(path, suffix: str = ".txt") -> tuple[list[str], list[str]]:
     root = pathlib.Path(path)
     if not root.is_dir():
         raise ValueError(f"{path}: expected a folder of class folders, got no such folder")
-    class_folders = sorted(folder for folder in root.iterdir() if folder.is_dir())
+    class_folders = sorted(folder for folder in root.iterdir() if folder.is_dir() and not folder.name.startswith("."))
     if not class_folders:
         raise ValueError(f"{path}: expected class folders inside, found none")
     texts, labels = [], []
     for folder in class_folders:
-        files = sorted(file for file in folder.iterdir() if file.is_file() and file.name.endswith(suffix))
+        files = sorted(file for file in folder.iterdir()
+                       if file.is_file() and file.name.endswith(suffix) and not file.name.startswith("."))
         if not files:
             raise ValueError(f"{folder}: expected {suffix} files in class folder {folder.name!r}, found none")
         for file in files:
@@ -119,6 +132,9 @@ def read_conllu(path) -> list[tuple[list[str], list[str]]]:
             continue
         if token_id != str(len(words) + 1):
             raise ValueError(f"{path}:{number}: expected word id {len(words) + 1}, got {token_id!r}")
+        if not fields[1] or not fields[3]:
+            raise ValueError(f"{path}:{number}: expected a word (FORM) and a tag (UPOS), got an empty "
+                             f"{'FORM' if not fields[1] else 'UPOS'}: {line!r}")
         words.append(fields[1])
         tags.append(fields[3])
     if words:
