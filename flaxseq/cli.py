@@ -178,8 +178,9 @@ def interrupted(args: argparse.Namespace) -> str:
 
     out = pathlib.Path(args.out)
     if has_checkpoint(out / CHECKPOINT_DIR):
+        resume = "--resume in place of --overwrite" if args.overwrite else "--resume"
         return (f"the run in {out} keeps its last checkpoint (the last epoch that ended); continue it with "
-                "the same command and --resume")
+                f"the same command and {resume}")
     return f"no epoch had ended, so {out} holds no checkpoint; start again with --overwrite"
 
 
@@ -210,7 +211,7 @@ def read_texts(args: argparse.Namespace) -> list[str]:
             texts = sys.stdin.read().splitlines()
         else:
             try:
-                texts = pathlib.Path(args.file).read_text(encoding="utf-8").splitlines()
+                texts = pathlib.Path(args.file).read_text(encoding="utf-8-sig").splitlines()  # a BOM is no text
             except (OSError, UnicodeDecodeError) as error:
                 raise ValueError(f"--file: cannot read {args.file} as UTF-8 text: {message(error)}") from None
         if not texts:
@@ -259,4 +260,9 @@ def entry() -> int:
     args = build_parser().parse_args()
     if args.malloc == "keep":
         keep_freed_memory()
-    return guarded(args)
+    code = guarded(args)
+    if code == 130:  # interrupted: leave at once, not through the interpreter's teardown, which can
+        sys.stdout.flush()  # crash while XLA's threads are still compiling or running a step
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -129,7 +129,7 @@ def test_a_finished_run_resumed_with_more_epochs_trains_on(news_folder, tmp_path
     assert more["test_loss"] == four["test_loss"]
     assert json.loads((tmp_path / "more" / "config.json").read_text())["epochs"] == 4
     assert main([*args("more", 3), "--resume"]) == 1  # fewer than it has trained
-    assert "has trained 4 epochs, more than epochs=3; pass epochs=4 or more" in capsys.readouterr().err
+    assert "has trained 4 epochs, more than --epochs 3; pass --epochs 4 or more" in capsys.readouterr().err
     assert main(args("decayed", 1, "--cosine-decay")) == 0  # the learning rate depends on the epochs
     assert main([*args("decayed", 2, "--cosine-decay"), "--resume"]) == 1
     assert "nothing was overwritten:\n  epochs: checkpoint has 1, this run has 2" in capsys.readouterr().err

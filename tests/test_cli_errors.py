@@ -150,7 +150,8 @@ def test_resume_without_a_run_is_refused(tmp_path, capsys):
 def test_export_to_a_missing_folder_names_the_path(tmp_path, capsys, monkeypatch):
     from flaxseq.tasks import saved
 
-    monkeypatch.setattr(saved, "load_run", lambda folder: object())
+    monkeypatch.setattr(saved, "load_run", lambda folder: saved.SavedRun(*[None] * 5, folder=tmp_path / "run",
+                                                                         manifest={}))
     target = tmp_path / "no" / "model.pt"
     assert main(["export", str(tmp_path), str(target)]) == 1
     assert capsys.readouterr().err == (f"flaxseq: error: FILE: the folder of {target}, {target.parent}, does not "

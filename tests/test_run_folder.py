@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -347,3 +348,72 @@ def test_a_header_row_is_skipped_with_header_and_warned_about_without(tmp_path, 
     assert main([*args, "--out", str(tmp_path / "header"), "--header"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert json.loads((tmp_path / "header" / "classes.json").read_text()) == ["sport", "tech"]
+
+
+def test_export_refuses_a_file_inside_the_run(trained, tmp_path, capsys):
+    moved = shutil.copytree(trained[0], tmp_path / "run")
+    before = files(moved)
+    assert main(["export", str(moved), str(moved / "config.json"), "--overwrite"]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: FILE: {moved / 'config.json'} is inside the run folder "
+                                       f"{moved}, whose files the run needs; write the state_dict elsewhere\n")
+    assert files(moved) == before
+
+
+def test_resume_below_the_epochs_trained_changes_no_byte(trained, tmp_path, capsys):
+    moved = shutil.copytree(trained[0], tmp_path / "run")
+    (moved / "checkpoint").rename(tmp_path / "checkpoint")  # a run of two epochs: its checkpoint's history
+    from flaxseq.checkpoint import read_checkpoint, save_checkpoint
+
+    arrays, meta = read_checkpoint(tmp_path / "checkpoint")
+    save_checkpoint(moved / "checkpoint", arrays, {**meta, "history": meta["history"] * 2})
+    before = files(moved)
+    assert main(["train", "classify", "--data", str(trained[1]), "--out", str(moved), "--max-length", "5", *SMALL,
+                 "--resume"]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: --resume: the run in {moved} has trained 2 epochs, more "
+                                       "than --epochs 1; pass --epochs 2 or more (nothing was overwritten)\n")
+    assert files(moved) == before
+
+
+def test_resume_with_cosine_decay_names_only_what_differs(trained, tmp_path, capsys):
+    moved = shutil.copytree(trained[0], tmp_path / "run")
+    assert main(["train", "classify", "--data", str(trained[1]), "--out", str(moved), "--max-length", "5", *SMALL,
+                 "--resume", "--cosine-decay"]) == 1
+    assert capsys.readouterr().err.endswith("nothing was overwritten:\n  cosine_decay: checkpoint has False, this "
+                                            "run has True\n")
+
+
+def test_the_tagger_never_predicts_its_special_tags(tag_run, capsys):
+    run = load_run(tag_run)
+    specials = set(run.prepared.tags.specials)
+    big = {"params": jax.tree.map(lambda a: a, run.params)}
+    bias = big["params"]["fc"]["bias"]
+    big["params"]["fc"]["bias"] = bias.at[: len(specials)].set(1e6)  # the specials' logits far ahead
+    tags = run.task.predict(run.model, big["params"], run.prepared, run.config, ["the dog", "dog"], print)
+    assert all(tag not in specials for text in tags for tag in text.split())
+
+
+def test_a_header_names_the_columns_and_one_class_is_refused(tmp_path, capsys):
+    rows = ["label,text"] + [f"{label},{w} {w} the" for label, ws in WORDS.items() for w in ws for _ in range(3)]
+    (tmp_path / "named.csv").write_text("\n".join(rows) + "\n")
+    args = ["--max-length", "5", *SMALL]
+    assert main(["train", "classify", "--data", str(tmp_path / "named.csv"), "--header", "--out",
+                 str(tmp_path / "named"), *args]) == 0
+    assert json.loads((tmp_path / "named" / "classes.json").read_text()) == ["sport", "tech"]
+    (tmp_path / "ids.tsv").write_text("id\tbody\tkind\n" + "".join(f"{i}\tgoal\tsport\n" for i in range(9)))
+    assert main(["train", "classify", "--data", str(tmp_path / "ids.tsv"), "--header", "--out",
+                 str(tmp_path / "ids"), *args]) == 1
+    assert capsys.readouterr().err.endswith("with --header, the header row must name a 'text' and a 'label' "
+                                            "column, or have two columns (text, label); got ['id', 'body', 'kind']\n")
+    (tmp_path / "one.tsv").write_text("".join(f"goal {i}\tsport\n" for i in range(9)))
+    assert main(["train", "classify", "--data", str(tmp_path / "one.tsv"), "--out", str(tmp_path / "one"),
+                 *args]) == 1
+    assert capsys.readouterr().err.endswith("expected texts of at least two classes, got one class ('sport')\n")
+    assert not (tmp_path / "one").exists()
+
+
+def test_out_inside_the_data_folder_is_refused(trained, capsys):
+    news = trained[1]
+    with pytest.raises(SystemExit):
+        main(["train", "classify", "--data", str(news), "--out", str(news / "run"), *SMALL])
+    assert f"argument --out: {news / 'run'} is inside the --data folder {news}" in capsys.readouterr().err
+    assert not (news / "run").exists()

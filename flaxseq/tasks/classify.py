@@ -6,6 +6,7 @@ splits; the vocabulary comes from the training split alone; the test split is us
 the end, with the parameters that scored best on validation.
 """
 
+import csv
 import dataclasses
 import pathlib
 import time
@@ -64,6 +65,9 @@ class ClassifyConfig(RunConfig):
                                     f"got {self.data}, which does not exist")
         if self.header and not path.is_file():
             raise options.OptionError("--header", f"is for a TSV/CSV --data file; {self.data} is a folder")
+        if path.is_dir() and pathlib.Path(self.out).resolve().is_relative_to(path.resolve()):
+            raise options.OptionError("--out", f"{self.out} is inside the --data folder {self.data}, where it would "
+                                      "be read as a class; choose a folder outside it")
         return dataclasses.replace(self, data=str(path.resolve()))
 
 
@@ -77,13 +81,29 @@ def load_texts(source: str | None, header: bool = False) -> tuple[list[str], lis
     if path.is_dir():
         return data.read_folder(path)
     if path.is_file():
-        texts, labels = data.read_table(path, delimiter="," if path.suffix == ".csv" else "\t", header=header)
+        delimiter = "," if path.suffix == ".csv" else "\t"
+        columns = header_columns(path, delimiter) if header else {}
+        texts, labels = data.read_table(path, delimiter=delimiter, header=header, **columns)
         if not header and len(labels) > 2 and labels[0] not in labels[1:]:
             warnings.warn(f"--data {source}: the label of its first row, {labels[0]!r}, is in no other row; "
                           "if that row names the columns, pass --header", stacklevel=2)
         return texts, labels
     raise FileNotFoundError(f"--data: expected a folder of <class>/<file>.txt or a TSV/CSV file, got {source}, "
                             "which does not exist")
+
+
+def header_columns(path: pathlib.Path, delimiter: str) -> dict:
+    """The text and label columns a header row names: `text` and `label` (in any case and
+    order); a two-column header naming neither is taken as text, label."""
+    first = data.read_text(path).splitlines()[:1]
+    names = next(csv.reader(first, delimiter=delimiter), []) if first else []
+    lowered = [name.strip().lower() for name in names]
+    if "text" in lowered and "label" in lowered:
+        return {"text_column": names[lowered.index("text")], "label_column": names[lowered.index("label")]}
+    if len(names) == 2:
+        return {}
+    raise ValueError(f"--data {path}: with --header, the header row must name a 'text' and a 'label' column, or "
+                     f"have two columns (text, label); got {names}")
 
 
 def make_loss(model: TextClassifier):
@@ -135,9 +155,12 @@ def prepare(config: ClassifyConfig) -> Prepared:
     """Read, split (seeded 80/10/10), build the vocabulary from the training split, encode."""
     items, source = read_test_data(config)
     parts = split_items(items, config.seed)
+    classes = sorted({label for _, label in items})
+    if len(classes) < 2:
+        raise ValueError(f"--data {source}: expected texts of at least two classes, got one class ({classes[0]!r})")
     vocab = data.Vocab.build([data.tokenize(text) for text, _ in parts["train"]], min_freq=config.min_freq,
                              max_size=config.max_vocab)
-    prepared = Prepared(vocab, sorted({label for _, label in items}), {},
+    prepared = Prepared(vocab, classes, {},
                         {TEST_DATA: folder.fingerprint(source, items)})
     prepared.splits = {name: encode(prepared, config, part) for name, part in parts.items()}
     return prepared

@@ -77,10 +77,13 @@ def model_config(config) -> dict:
     keep: all but `--out`, `--resume`, `--overwrite`, `--progress`, the processes' options, the
     data paths (`config.data_options`; the data is checked by its fingerprint) and `--epochs`
     when the learning rate does not depend on it (no `--cosine-decay`)."""
-    skip = {"out", "resume", "overwrite", "progress", *hosts.NAMES, *config.data_options}
-    if not config.cosine_decay:
-        skip.add("epochs")
+    skip = {"out", "resume", "overwrite", "progress", *hosts.NAMES, *config.data_options, *_free(config.cosine_decay)}
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+
+
+def _free(cosine_decay: bool) -> tuple[str, ...]:
+    """The training options a resume may change: the epochs, unless the learning rate decays over them."""
+    return () if cosine_decay else ("epochs",)
 
 
 def config_differences(config, recorded: dict, recorded_as: str = "checkpoint has", now_as: str = "this run has"
@@ -90,8 +93,9 @@ def config_differences(config, recorded: dict, recorded_as: str = "checkpoint ha
     absent from `recorded` (one that flaxseq added since) counts at its default; one that
     `recorded` has and `config` no longer records is not compared."""
     current, defaults = model_config(config), {field.name: field.default for field in dataclasses.fields(config)}
+    unrecorded = set(_free(recorded.get("cosine_decay", False))) - set(recorded)  # the record left them out
     return [f"{k}: {recorded_as} {recorded.get(k, defaults[k])!r}, {now_as} {current[k]!r}"
-            for k in sorted(current) if recorded.get(k, defaults[k]) != current[k]]
+            for k in sorted(current) if k not in unrecorded and recorded.get(k, defaults[k]) != current[k]]
 
 
 def kind(folder: pathlib.Path) -> str:
@@ -145,10 +149,15 @@ def claim(config) -> pathlib.Path:
         if not has_checkpoint(checkpoint):
             raise FileNotFoundError(f"--resume: {out} holds no checkpoint (the run stopped before its first "
                                     "epoch ended); start again with --overwrite")
-        differences = config_differences(config, read_meta(checkpoint).get("config", {}))
+        meta = read_meta(checkpoint)
+        differences = config_differences(config, meta.get("config", {}))
         if differences:
             raise ValueError(f"--resume: the checkpoint in {checkpoint} was made with another configuration; "
                              "nothing was overwritten:\n  " + "\n  ".join(differences))
+        trained = len(meta.get("history", []))
+        if trained > config.epochs:
+            raise ValueError(f"--resume: the run in {out} has trained {trained} epochs, more than --epochs "
+                             f"{config.epochs}; pass --epochs {trained} or more (nothing was overwritten)")
     elif what == "other":
         names = sorted(p.name for p in out.iterdir())
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")

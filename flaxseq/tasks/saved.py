@@ -169,6 +169,9 @@ def export(run: SavedRun, path, overwrite: bool = False) -> None:
     then in one step (written beside it, then renamed over it). Needs PyTorch
     (`pip install 'flaxseq[torch]'`)."""
     path = pathlib.Path(path)
+    if path.resolve().is_relative_to(run.folder.resolve()):
+        raise ValueError(f"FILE: {path} is inside the run folder {run.folder}, whose files the run needs; "
+                         "write the state_dict elsewhere")
     if path.is_dir():
         raise IsADirectoryError(f"FILE: {path} is a folder; expected the name of the file to write, e.g. model.pt")
     if path.exists() and not overwrite:

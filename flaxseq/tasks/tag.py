@@ -258,9 +258,12 @@ def test_metrics(trainer, model, params, prepared: Prepared, config) -> dict:
 
 def predict(model: GRUTagger, params, prepared: Prepared, config: TagConfig, texts: list[str], warn) -> list[str]:
     """Space-separated UPOS tags for every word of each whitespace-tokenised text, however long
-    (a recurrent tagger needs no truncation: the batch is as long as its longest text)."""
+    (a recurrent tagger needs no truncation: the batch is as long as its longest text); the
+    tag vocabulary's specials (`<pad>`, `<unk>`) are never predicted."""
     words = data.known_or_shape([text.split() for text in texts], prepared.vocab, config.lowercase,
                                 shapes=config.unk_shapes)
     ids, lengths = data.encode_sequences(words, prepared.vocab, max(len(w) for w in words))
-    tags = np.asarray(jnp.argmax(model.apply({"params": params}, ids, lengths), -1))
+    logits = model.apply({"params": params}, ids, lengths)
+    specials = len(prepared.tags.specials)  # <pad>, <unk>: never a word's tag
+    tags = np.asarray(jnp.argmax(logits[..., specials:], -1)) + specials
     return [" ".join(prepared.tags.id_to_token(int(t)) for t in row[:n]) for row, n in zip(tags, lengths, strict=True)]
