@@ -97,19 +97,19 @@ def copy_rule(
     takes_dtype = "dtype" in inspect.signature(torch_type).parameters
     getters = field_getters(fields)
 
-    def convert(value, direction):
+    def convert(value, direction, name):
         if isinstance(value, (torch.nn.Module, nn.Module)):
-            return getattr(find_rule(value), direction)(value)
+            return rules.within(name, lambda: getattr(find_rule(value), direction)(value))
         return value
 
     def to_flax(module):
-        config = {f: convert(get(module), "to_flax") for f, get in getters.items()}
+        config = {f: convert(get(module), "to_flax", f) for f, get in getters.items()}
         if "param_dtype" in {f.name for f in dataclasses.fields(flax_type)}:
             config["param_dtype"] = jnp.dtype(module_dtype(module))
         return flax_type(**config)
 
     def to_torch(module):
-        config = {f: convert(getattr(module, f), "to_torch") for f in getters}
+        config = {f: convert(getattr(module, f), "to_torch", f) for f in getters}
         if takes_dtype:
             config["dtype"] = torch_dtype(module.param_dtype)
         return torch_type(**config)

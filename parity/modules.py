@@ -15,6 +15,7 @@ from flax import nnx
 
 import flaxseq.nnx as fnnx
 from flaxseq import basic
+from parity import rules
 from parity.convert import Rule, find_rule, module_dtype, register, torch_dtype
 from parity.nnx import NNXRule, find_nnx_rule, register_nnx
 
@@ -113,8 +114,11 @@ LINEN_RULES = [
     Rule(torch.nn.GELU, basic.GELU, lambda m: basic.GELU(m.approximate), lambda m: torch.nn.GELU(m.approximate),
          lambda m: None),
     Rule(torch.nn.Sequential, basic.Sequential,
-         lambda m: basic.Sequential(tuple(find_rule(c).to_flax(c) for c in _check_sequential(m))),
-         lambda m: torch.nn.Sequential(*(_to_torch_layer(layer) for layer in m.layers)), _sequential_args),
+         lambda m: basic.Sequential(tuple(rules.within(str(i), lambda c=c: find_rule(c).to_flax(c))
+                                          for i, c in enumerate(_check_sequential(m)))),
+         lambda m: torch.nn.Sequential(*(rules.within(str(i), _to_torch_layer, layer)
+                                         for i, layer in enumerate(m.layers))),
+         _sequential_args),
 ]
 for _name in ("Identity", "Tanh", "ReLU", "Sigmoid"):
     LINEN_RULES.append(Rule(getattr(torch.nn, _name), getattr(basic, _name), lambda m, n=_name: getattr(basic, n)(),
@@ -143,8 +147,9 @@ NNX_RULES = [
             lambda m: torch.nn.Dropout(m.rate)),
     NNXRule(torch.nn.GELU, fnnx.GELU, lambda m: fnnx.GELU(m.approximate), lambda m: torch.nn.GELU(m.approximate)),
     NNXRule(torch.nn.Sequential, fnnx.Sequential,
-            lambda m: fnnx.Sequential(*(find_nnx_rule(c).to_nnx(c) for c in _check_sequential(m))),
-            lambda m: torch.nn.Sequential(*(_to_torch_layer(m[i]) for i in range(len(m))))),
+            lambda m: fnnx.Sequential(*(rules.within(str(i), lambda c=c: find_nnx_rule(c).to_nnx(c))
+                                        for i, c in enumerate(_check_sequential(m)))),
+            lambda m: torch.nn.Sequential(*(rules.within(str(i), _to_torch_layer, m[i]) for i in range(len(m))))),
 ]
 for _name in ("Identity", "Tanh", "ReLU", "Sigmoid"):
     NNX_RULES.append(NNXRule(getattr(torch.nn, _name), getattr(fnnx, _name), lambda m, n=_name: getattr(fnnx, n)(),

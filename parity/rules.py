@@ -24,6 +24,18 @@ def torch_name(flax_path: tuple[str, ...], ndim: int | None = None) -> tuple[str
     return name, transposed
 
 
+def within(path: str, convert, *args):
+    """`convert(*args)` for the submodule at `path` (an attribute, or a Sequential's index): a
+    refusal inside it names where (`at encoder.1: no conversion rule for ...`)."""
+    try:
+        return convert(*args)
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise
+        text = str(error)
+        raise type(error)(f"at {path}.{text[3:]}" if text.startswith("at ") else f"at {path}: {text}") from None
+
+
 def replace_or_add(rules: list, rule, pair) -> None:
     """Put `rule` in `rules` in place of the rule for the same pair of classes (`pair(rule)`),
     or last; no other rule changes (see `find`)."""

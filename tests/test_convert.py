@@ -161,6 +161,13 @@ def test_a_wrapper_is_refused_naming_the_model_to_convert():
         parity.from_torch(torch.nn.DataParallel(torch.nn.LSTM(3, 4)))
 
 
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_a_refused_submodule_is_named_by_its_path(api):
+    nested = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Flatten()))
+    with pytest.raises(TypeError, match=r"^at 1\.1: no conversion rule for torch\.nn\.modules\.flatten\.Flatten"):
+        parity.from_torch(nested, api=api)
+
+
 def test_unknown_module_type():
     with pytest.raises(TypeError, match="no conversion rule for torch.nn.modules.conv.Conv1d; register one"):
         parity.from_torch(torch.nn.Conv1d(2, 3, 1))
