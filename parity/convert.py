@@ -146,8 +146,8 @@ def expected_params(flax_module: nn.Module, example_args: tuple | None = None) -
             rule = find_rule(flax_module)
         except TypeError as error:
             raise TypeError(
-                f"{error}; or pass example_args=(the call's positional arguments, e.g. a batch), "
-                f"from which the parameters' names and shapes are learnt"
+                f"{type(flax_module).__name__}: pass example_args=(the call's positional arguments, e.g. a batch), "
+                f"from which the parameters' names and shapes are learnt, or register a rule ({error})"
             ) from None
         example_args = rule.example_args(flax_module)
         if example_args is None:  # no parameters
