@@ -448,7 +448,9 @@ def check_sites(flax_log: Log, torch_log: Log, torch_module: torch.nn.Module) ->
             if mine is None or theirs is None:
                 side, other = ("PyTorch", flax_calls) if mine is None else ("flaxseq", torch_calls)
                 has = ", ".join(sorted(other)) or "none"
-                errors.append(f"{kind} '{site}' only in {side} (the other side has: {has})")
+                functional = (" (a functional torch.nn.functional.dropout is not seen: use an nn.Dropout module)"
+                              if side == "flaxseq" and kind == "dropout site" else "")
+                errors.append(f"{kind} '{site}' only in {side} (the other side has: {has}){functional}")
             elif len(mine) != len(theirs):
                 errors.append(f"{kind} '{site}': PyTorch calls it {len(theirs)} times, flaxseq {len(mine)}")
             else:

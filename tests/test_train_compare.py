@@ -259,7 +259,8 @@ def test_site_mismatch_is_an_error():
     with pytest.raises(ValueError) as error:
         parity.compare(torch_module, Twin(), variables, (x,), train=True)
     message = str(error.value)
-    assert "dropout site 'Dropout_0' only in flaxseq (the other side has: drop, extra)" in message
+    assert ("dropout site 'Dropout_0' only in flaxseq (the other side has: drop, extra) (a functional "
+            "torch.nn.functional.dropout is not seen: use an nn.Dropout module)") in message
     assert "dropout site 'drop' only in PyTorch (the other side has: Dropout_0)" in message
     assert "dropout site 'extra' only in PyTorch" in message
     # renaming flaxseq's site leaves only the missing one
